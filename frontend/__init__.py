@@ -1,0 +1,1 @@
+"""The gRPC frontend: serves the Edge Agent API and supervises the workers."""

@@ -1,0 +1,211 @@
+"""The ``edge-agent`` command: serve, call the agent, build models."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import grpc
+
+from frontend.config import DEFAULT_SOCKET, INLINE_TRANSPORTS, AgentConfig
+
+log = logging.getLogger(__name__)
+
+
+def _serve_parser(sub: Any) -> None:
+    defaults = AgentConfig()
+    p = sub.add_parser("serve", help="run the agent in the foreground")
+    p.add_argument("--socket", default=defaults.socket, help="gRPC address")
+    p.add_argument(
+        "--tcp", default=None, metavar="[HOST:]PORT",
+        help="also listen on TCP; a bare port binds 127.0.0.1",
+    )  # fmt: skip
+    p.add_argument(
+        "--socket-mode", default="0660", help="socket file mode, octal (0660)"
+    )
+    p.add_argument("--model-dir", type=Path, default=defaults.model_dir)
+    p.add_argument(
+        "--start", action="append", default=[], metavar="MODEL",
+        help="start this model component at launch (repeatable)",
+    )  # fmt: skip
+    p.add_argument("--grace-s", type=float, default=defaults.grace_s)
+    p.add_argument("--backlog", type=int, default=defaults.backlog)
+    p.add_argument(
+        "--request-timeout-s", type=float, default=defaults.request_timeout_s
+    )
+    p.add_argument(
+        "--heartbeat-timeout-s", type=float, default=defaults.heartbeat_timeout_s
+    )
+    p.add_argument(
+        "--inline-transport", choices=INLINE_TRANSPORTS,
+        default=defaults.inline_transport,
+    )  # fmt: skip
+    p.add_argument("--log-level", default=defaults.log_level)
+
+
+def _client_parsers(sub: Any) -> None:
+    def add(name: str, help_text: str) -> argparse.ArgumentParser:
+        p: argparse.ArgumentParser = sub.add_parser(name, help=help_text)
+        p.add_argument("--socket", default=DEFAULT_SOCKET, help="agent address")
+        return p
+
+    p = add("detect", "score an image file (PNG, JPEG) and print JSON")
+    p.add_argument("image", type=Path)
+    p.add_argument("--model", help="model component (default: the one running)")
+    p.add_argument("--inline", action="store_true", help="send bytes, not shm")
+    p.add_argument("--mask", type=Path, help="save the anomaly mask as PNG")
+    p.add_argument(
+        "--mask-in-segment", action="store_true",
+        help="have the agent write the mask into a segment of ours",
+    )  # fmt: skip
+    add("models", "list the model components")
+    p = add("start", "start a model component")
+    p.add_argument("model")
+    p.add_argument("--wait", action="store_true", help="wait until RUNNING")
+    p = add("stop", "stop a running model component")
+    p.add_argument("model")
+    p = add("describe", "describe a model component")
+    p.add_argument("model")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="edge-agent",
+        description="Visual anomaly detection served over the Edge Agent API.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    _serve_parser(sub)
+    _client_parsers(sub)
+    sub.add_parser(
+        "train", help="fit a model component from good photos", add_help=False
+    )
+    return parser
+
+
+def _run_serve(args: argparse.Namespace) -> int:
+    from frontend.server import EXIT_CONFIG_ERROR, StartupError, serve
+    from shared.logs import configure_logging
+
+    configure_logging(args.log_level, role="frontend")
+    try:
+        config = AgentConfig(
+            socket=args.socket,
+            tcp_address=args.tcp,
+            socket_mode=int(args.socket_mode, 8),
+            model_dir=args.model_dir,
+            autostart=tuple(args.start),
+            grace_s=args.grace_s,
+            backlog=args.backlog,
+            request_timeout_s=args.request_timeout_s,
+            heartbeat_timeout_s=args.heartbeat_timeout_s,
+            inline_transport=args.inline_transport,
+            log_level=args.log_level,
+        )
+    except ValueError as exc:
+        log.error("Bad configuration: %s", exc)
+        return EXIT_CONFIG_ERROR
+    try:
+        return asyncio.run(serve(config))
+    except StartupError as exc:
+        log.error("Cannot start: %s", exc)
+        return EXIT_CONFIG_ERROR
+
+
+def _read_image(path: Path) -> Any:
+    import numpy as np
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as picture:
+            return np.asarray(picture.convert("RGB"))
+    except (OSError, UnidentifiedImageError) as exc:
+        raise SystemExit(f"edge-agent: cannot read image {path}: {exc}") from None
+
+
+def _running_model(client: Any) -> str:
+    running = [
+        m["model_component"] for m in client.models() if m["status"] == "RUNNING"
+    ]
+    if len(running) != 1:
+        raise SystemExit(
+            "edge-agent: give --model; running models: "
+            + (", ".join(running) or "none")
+        )
+    return str(running[0])
+
+
+def _run_client(args: argparse.Namespace) -> int:
+    from frontend.client import EdgeAgentClient
+
+    with EdgeAgentClient(args.socket) as client:
+        if args.command == "detect":
+            image = _read_image(args.image)
+            model = args.model or _running_model(client)
+            result = client.detect(
+                model,
+                image,
+                inline=args.inline,
+                want_mask_in_segment=args.mask_in_segment,
+            )
+            if args.mask is not None and result.mask is not None:
+                from PIL import Image
+
+                Image.fromarray(result.mask).save(args.mask)
+            print(json.dumps(result.as_dict(), indent=2))
+        elif args.command == "models":
+            print(json.dumps(client.models(), indent=2))
+        elif args.command == "describe":
+            print(json.dumps(client.describe(args.model), indent=2))
+        elif args.command == "start":
+            print(client.start(args.model))
+            if args.wait:
+                return _wait_running(client, args.model)
+        elif args.command == "stop":
+            print(client.stop(args.model))
+    return 0
+
+
+def _wait_running(client: Any, model: str, limit_s: float = 180.0) -> int:
+    deadline = time.monotonic() + limit_s
+    while time.monotonic() < deadline:
+        description = client.describe(model)
+        if description["status"] != "STARTING":
+            print(json.dumps(description, indent=2))
+            return 0 if description["status"] == "RUNNING" else 1
+        time.sleep(0.5)
+    print(f"edge-agent: {model} still STARTING after {limit_s:g} s", file=sys.stderr)
+    return 1
+
+
+def _raise_exit(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] == "train":
+        from trainer.cli import main as train_main
+
+        return train_main(argv[1:])
+    args = _parser().parse_args(argv)
+    if args.command == "serve":
+        return _run_serve(args)
+    # A client killed by SIGTERM still runs its finally blocks, so the
+    # segments it created are removed.
+    signal.signal(signal.SIGTERM, _raise_exit)
+    try:
+        return _run_client(args)
+    except grpc.RpcError as exc:
+        code = exc.code()
+        details = exc.details()
+        print(f"edge-agent: {code.name}: {details}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130

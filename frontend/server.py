@@ -1,0 +1,173 @@
+"""The frontend process: the gRPC server, its socket, and its shutdown.
+
+Threads: the asyncio event loop runs the gRPC server, the supervisor and
+every worker's ZeroMQ traffic; gRPC adds its own polling threads. Signal
+handlers only set an event; ``serve`` does the work of stopping:
+
+1. stop accepting RPCs, give accepted ones ``grace_s`` to finish;
+2. stop every worker (each finishes what it received, or is killed);
+3. remove the socket file and the run directory; exit 0.
+
+Exit codes: 0 after a clean stop, 2 for a configuration error (a bad
+setting, an address another live agent serves), 1 for a runtime failure.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import fcntl
+import logging
+import os
+import signal
+import socket
+import stat
+from pathlib import Path
+from typing import IO
+
+import grpc
+
+from frontend._proto import edge_agent_pb2_grpc as pb2_grpc
+from frontend.config import AgentConfig
+from frontend.errors import RequestError
+from frontend.servicer import EdgeAgentServicer
+from frontend.staging import remove_dead_runs_segments
+from frontend.supervisor import Supervisor
+
+log = logging.getLogger(__name__)
+
+EXIT_OK = 0
+EXIT_RUNTIME_FAILURE = 1
+EXIT_CONFIG_ERROR = 2
+
+
+class StartupError(Exception):
+    """The agent cannot start with this configuration; exit code 2."""
+
+
+def _tcp_target(address: str) -> str:
+    """``PORT`` alone binds loopback; ``HOST:PORT`` binds as given."""
+    if address.isdigit():
+        return f"127.0.0.1:{address}"
+    return address
+
+
+def claim_socket(path: Path) -> IO[str]:
+    """Lock ``<path>.lock`` and clear a stale socket file, or raise.
+
+    The lock makes two agents racing for one path safe; the connect probe
+    also catches a live server that is not ours (such as the original
+    agent), whose socket we must not take over.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lock = open(f"{path}.lock", "a+")  # noqa: SIM115 -- held for the run
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        lock.close()
+        raise StartupError(
+            f"another edge-agent holds {path}.lock and serves {path}"
+        ) from None
+    try:
+        mode = os.lstat(path).st_mode
+    except FileNotFoundError:
+        return lock
+    if not stat.S_ISSOCK(mode):
+        lock.close()
+        raise StartupError(f"{path} exists and is not a socket; refusing to replace it")
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe.connect(str(path))
+    except ConnectionRefusedError:
+        log.warning("Removing stale socket %s left by a dead agent", path)
+        path.unlink()
+        return lock
+    except OSError as exc:
+        if exc.errno != errno.ENOENT:
+            lock.close()
+            raise StartupError(f"cannot probe {path}: {exc.strerror}") from exc
+        return lock
+    finally:
+        probe.close()
+    lock.close()
+    raise StartupError(f"a live server already answers on {path}; refusing to start")
+
+
+def build_server(config: AgentConfig, supervisor: Supervisor) -> grpc.aio.Server:
+    limit = config.max_message_bytes
+    server = grpc.aio.server(
+        options=[
+            ("grpc.max_receive_message_length", limit),
+            ("grpc.max_send_message_length", limit),
+            ("grpc.so_reuseport", 0),
+        ],
+        maximum_concurrent_rpcs=config.max_concurrent_rpcs,
+    )
+    pb2_grpc.add_EdgeAgentServicer_to_server(EdgeAgentServicer(supervisor), server)
+    return server
+
+
+def _bind(server: grpc.aio.Server, address: str) -> None:
+    try:
+        port = server.add_insecure_port(address)
+    except RuntimeError as exc:
+        raise StartupError(f"cannot listen on {address}: {exc}") from exc
+    if port == 0:
+        raise StartupError(f"cannot listen on {address}")
+
+
+async def serve(config: AgentConfig) -> int:
+    """Run the agent until SIGTERM or SIGINT; return the exit code."""
+    socket_path = config.socket_path
+    lock = claim_socket(socket_path) if socket_path is not None else None
+    remove_dead_runs_segments()
+    supervisor = Supervisor(config)
+    server = build_server(config, supervisor)
+    try:
+        _bind(server, config.socket)
+        if config.tcp_address:
+            _bind(server, _tcp_target(config.tcp_address))
+        await server.start()
+        if socket_path is not None:
+            os.chmod(socket_path, config.socket_mode)
+        log.info(
+            "Agent ready on %s%s, %d model component(s) in %s",
+            config.socket,
+            f" and {_tcp_target(config.tcp_address)}" if config.tcp_address else "",
+            len(supervisor.models),
+            config.model_dir,
+        )
+        _autostart(config, supervisor)
+        await _wait_for_stop_signal()
+        log.info("Stopping agent: grace %g s for accepted requests", config.grace_s)
+        await server.stop(config.grace_s)
+        return EXIT_OK
+    finally:
+        await supervisor.shutdown(config.grace_s)
+        if socket_path is not None:
+            socket_path.unlink(missing_ok=True)
+        if lock is not None:
+            lock.close()
+        log.info("Agent stopped")
+
+
+def _autostart(config: AgentConfig, supervisor: Supervisor) -> None:
+    for name in config.autostart:
+        try:
+            supervisor.get(name).start()
+        except RequestError as exc:
+            log.error("Cannot autostart model=%s: %s", name, exc.details)
+        else:
+            log.info("Starting model model=%s (autostart)", name)
+
+
+async def _wait_for_stop_signal() -> None:
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    try:
+        await stop.wait()
+    finally:
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(signum)

@@ -1,0 +1,201 @@
+"""The five Edge Agent RPCs, on top of the supervisor.
+
+Every failure leaves through ``context.abort`` with a status code from the
+contract and a message saying what was wrong and what is allowed. The
+handlers run on the event loop; the only blocking work they do is copying
+an inline image into a staging segment.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+import grpc
+
+from frontend._proto import edge_agent_pb2 as pb2
+from frontend._proto import edge_agent_pb2_grpc as pb2_grpc
+from frontend.errors import RequestError
+from frontend.supervisor import Model, ModelState, Supervisor
+from frontend.validation import DetectJob, check_name, check_segments, parse_detect
+from frontend.worker import WorkerLostError, WorkerProcess
+from shared import messages
+from shared.component import BACKGROUND_COLOR, BACKGROUND_NAME, ModelComponent
+
+log = logging.getLogger(__name__)
+
+Context = grpc.aio.ServicerContext[Any, Any]
+
+
+def _status(state: ModelState) -> pb2.ModelStatus.ValueType:
+    return pb2.ModelStatus.Value(state.name)
+
+
+def _result(
+    component: ModelComponent,
+    job: DetectJob,
+    reply: messages.DetectReply,
+    mask_payload: Any,
+) -> pb2.DetectAnomalyResult:
+    threshold = component.threshold
+    score = min(max(reply.score, 0.0), 1.0)
+    anomalous = score >= threshold
+    result = pb2.DetectAnomalyResult(
+        is_anomalous=anomalous,
+        confidence=score if anomalous else 1.0 - score,
+        anomaly_score=score,
+        anomaly_threshold=threshold,
+    )
+    if not component.is_segmentation:
+        return result
+    fractions = reply.fractions
+    result.anomalies.add(
+        name=BACKGROUND_NAME,
+        pixel_anomaly=pb2.PixelAnomaly(
+            total_percentage_area=fractions[0], hex_color=BACKGROUND_COLOR
+        ),
+    )
+    for label, fraction in zip(component.labels, fractions[1:], strict=False):
+        if fraction > 0:
+            result.anomalies.add(
+                name=label.name,
+                pixel_anomaly=pb2.PixelAnomaly(
+                    total_percentage_area=fraction, hex_color=label.color
+                ),
+            )
+    mask = result.anomaly_mask
+    mask.width, mask.height = reply.mask_width, reply.mask_height
+    if reply.mask_in_segment and job.mask is not None:
+        mask.shared_memory_handle.name = job.mask.name
+        mask.shared_memory_handle.offset = job.mask.offset
+        mask.shared_memory_handle.size = reply.mask_width * reply.mask_height * 3
+    elif mask_payload is not None:
+        mask.byte_data = mask_payload.bytes
+    return result
+
+
+class EdgeAgentServicer(pb2_grpc.EdgeAgentServicer):
+    def __init__(self, supervisor: Supervisor) -> None:
+        self.supervisor = supervisor
+        self.config = supervisor.config
+
+    async def DetectAnomalies(
+        self, request: pb2.DetectAnomaliesRequest, context: Context
+    ) -> pb2.DetectAnomaliesResponse:
+        try:
+            job = parse_detect(request)
+            model = self.supervisor.get(job.model)
+            async with model.admit() as worker:
+                check_segments(job)
+                result = await self._detect(model, worker, job, context)
+        except RequestError as exc:
+            await context.abort(exc.code, exc.details)
+        return pb2.DetectAnomaliesResponse(detect_anomaly_result=result)
+
+    async def _detect(
+        self,
+        model: Model,
+        worker: WorkerProcess,
+        job: DetectJob,
+        context: Context,
+    ) -> pb2.DetectAnomalyResult:
+        component = model.component
+        assert component is not None
+        timeout_s = self.config.request_timeout_s
+        remaining = context.time_remaining()
+        if remaining is not None:
+            timeout_s = min(timeout_s, remaining)
+        staging = None
+        payload: Any = None
+        image = job.image
+        if job.inline is not None:
+            if self.config.inline_transport == "staging" and model.staging is not None:
+                staging = model.staging.acquire(job.image_bytes)
+                image = staging.write(job.inline)
+            else:
+                payload = job.inline
+        request = messages.DetectRequest(
+            id=worker.next_id(),
+            width=job.width,
+            height=job.height,
+            image=image,
+            mask=job.mask if component.is_segmentation else None,
+        )
+        try:
+            reply, reply_payload = await worker.call(request, payload, timeout_s)
+        except WorkerLostError as exc:
+            raise RequestError(grpc.StatusCode.INTERNAL, str(exc)) from None
+        except asyncio.TimeoutError:
+            raise RequestError(
+                grpc.StatusCode.INTERNAL,
+                f"model {model.name} gave no answer within {timeout_s:g} s",
+            ) from None
+        finally:
+            if staging is not None and model.staging is not None:
+                model.staging.release(staging)
+        if isinstance(reply, messages.ErrorReply):
+            code = (
+                grpc.StatusCode.INVALID_ARGUMENT
+                if reply.kind == messages.KIND_INVALID_ARGUMENT
+                else grpc.StatusCode.INTERNAL
+            )
+            raise RequestError(code, reply.message)
+        assert isinstance(reply, messages.DetectReply)
+        return _result(component, job, reply, reply_payload)
+
+    async def StartModel(
+        self, request: pb2.StartModelRequest, context: Context
+    ) -> pb2.StartModelResponse:
+        try:
+            model = self.supervisor.get(
+                check_name(request.model_component), rescan=True
+            )
+            state = model.start()
+        except RequestError as exc:
+            await context.abort(exc.code, exc.details)
+        log.info("Starting model model=%s", model.name)
+        return pb2.StartModelResponse(status=_status(state))
+
+    async def StopModel(
+        self, request: pb2.StopModelRequest, context: Context
+    ) -> pb2.StopModelResponse:
+        try:
+            model = self.supervisor.get(check_name(request.model_component))
+            state = await model.stop()
+        except RequestError as exc:
+            await context.abort(exc.code, exc.details)
+        return pb2.StopModelResponse(status=_status(state))
+
+    async def ListModels(
+        self, request: pb2.ListModelsRequest, context: Context
+    ) -> pb2.ListModelsResponse:
+        self.supervisor.rescan()
+        response = pb2.ListModelsResponse()
+        for name in sorted(self.supervisor.models):
+            model = self.supervisor.models[name]
+            response.models.add(
+                model_component=name,
+                lookout_vision_model_arn=model.model_arn,
+                status=_status(model.state),
+                status_message=model.status_message,
+            )
+        return response
+
+    async def DescribeModel(
+        self, request: pb2.DescribeModelRequest, context: Context
+    ) -> pb2.DescribeModelResponse:
+        try:
+            model = self.supervisor.get(
+                check_name(request.model_component), rescan=True
+            )
+        except RequestError as exc:
+            await context.abort(exc.code, exc.details)
+        return pb2.DescribeModelResponse(
+            model_description=pb2.ModelDescription(
+                model_component=model.name,
+                lookout_vision_model_arn=model.model_arn,
+                status=_status(model.state),
+                status_message=model.status_message,
+            )
+        )

@@ -1,0 +1,342 @@
+"""The supervisor: every model component the agent knows, and its worker.
+
+Each model has a state (STOPPED, STARTING, RUNNING, FAILED, STOPPING) and,
+while started, a lifecycle task that spawns its worker, waits for it to be
+ready, and when the worker dies restarts it with exponential backoff. A
+model that crashes ``max_restarts`` times within ``restart_window_s`` is
+marked FAILED with the last cause; a model that cannot be loaded at all is
+FAILED at once.
+
+Requests are admitted per model up to its backlog; the admitted count is
+what StopModel drains before it stops the worker. All of this runs on the
+frontend's event loop: no locks, state changes happen between awaits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import enum
+import logging
+import tempfile
+import time
+from collections import deque
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import grpc
+import psutil
+import zmq.asyncio
+
+from frontend.config import AgentConfig
+from frontend.cores import CoreAllocator
+from frontend.errors import RequestError
+from frontend.staging import StagingPool
+from frontend.worker import WorkerProcess, WorkerSettings, WorkerStartError
+from shared.component import (
+    ComponentError,
+    ModelComponent,
+    load_component,
+    scan_model_dir,
+)
+
+log = logging.getLogger(__name__)
+
+# Loading a graph takes about this many times its file's size in memory.
+_LOAD_MEMORY_FACTOR = 3
+
+
+class ModelState(enum.IntEnum):
+    """Numbered as the wire's ModelStatus."""
+
+    STOPPED = 0
+    STARTING = 1
+    RUNNING = 2
+    FAILED = 3
+    STOPPING = 4
+
+
+class Model:
+    """One model component and, while it is started, its worker."""
+
+    def __init__(self, name: str, path: Path, supervisor: Supervisor) -> None:
+        self.name = name
+        self.path = path
+        self.supervisor = supervisor
+        self.state = ModelState.STOPPED
+        self.status_message = ""
+        self.component: ModelComponent | None = None
+        self.worker: WorkerProcess | None = None
+        self.staging: StagingPool | None = None
+        self.admitted = 0
+        self.restarts = 0
+        self._drained = asyncio.Event()
+        self._drained.set()
+        self._stop_requested = False
+        self._lifecycle: asyncio.Task[None] | None = None
+        self._incarnation = 0
+
+    @property
+    def model_arn(self) -> str:
+        if self.component is None:
+            with contextlib.suppress(ComponentError):
+                self.component = load_component(self.path)
+        return self.component.model_arn if self.component else ""
+
+    def _set_state(self, state: ModelState, message: str = "") -> None:
+        self.state = state
+        self.status_message = message
+
+    # -- StartModel / StopModel ----------------------------------------
+
+    def start(self) -> ModelState:
+        if self.state not in (ModelState.STOPPED, ModelState.FAILED):
+            raise RequestError(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f"model {self.name} is already {self.state.name}; StartModel is "
+                "allowed only when it is STOPPED or FAILED",
+            )
+        try:
+            component = load_component(self.path)
+        except ComponentError as exc:
+            self._set_state(ModelState.FAILED, f"the component is broken: {exc}")
+            log.error("Model model=%s cannot start: %s", self.name, exc)
+            return ModelState.STARTING
+        self._check_memory(component)
+        self.component = component
+        self._stop_requested = False
+        self._set_state(ModelState.STARTING, "loading")
+        self._lifecycle = asyncio.create_task(
+            self._run_lifecycle(component), name=f"lifecycle-{self.name}"
+        )
+        return ModelState.STARTING
+
+    def _check_memory(self, component: ModelComponent) -> None:
+        files = [component.model_path, *component.path.glob("*.data")]
+        needed = _LOAD_MEMORY_FACTOR * sum(f.stat().st_size for f in files)
+        available = psutil.virtual_memory().available
+        if needed > available:
+            raise RequestError(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"not enough memory to load model {self.name}: it needs about "
+                f"{needed // 2**20} MiB, {available // 2**20} MiB are available",
+            )
+
+    async def stop(self) -> ModelState:
+        if self.state != ModelState.RUNNING:
+            raise RequestError(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f"model {self.name} is {self.state.name}; StopModel is allowed "
+                "only when it is RUNNING",
+            )
+        self._set_state(ModelState.STOPPING)
+        log.info(
+            "Stopping model model=%s (%d request(s) to finish)",
+            self.name,
+            self.admitted,
+        )
+        await self._halt(self.supervisor.config.grace_s)
+        return self.state
+
+    async def shutdown(self, grace_s: float) -> None:
+        """Stop whatever the model is doing, for the agent's exit."""
+        if self._lifecycle is not None and not self._lifecycle.done():
+            self._set_state(ModelState.STOPPING)
+            await self._halt(grace_s)
+
+    async def _halt(self, grace_s: float) -> None:
+        try:
+            await asyncio.wait_for(self._drained.wait(), grace_s)
+        except asyncio.TimeoutError:
+            log.error(
+                "Model model=%s: %d request(s) unfinished after %g s; stopping anyway",
+                self.name, self.admitted, grace_s,
+            )  # fmt: skip
+        self._stop_requested = True
+        worker = self.worker
+        if worker is not None:
+            await worker.stop(self.supervisor.config.stop_timeout_s)
+        lifecycle = self._lifecycle
+        if lifecycle is not None:
+            # After a clean stop the lifecycle ends by itself; one that is
+            # still loading or backing off before a restart is cancelled.
+            await asyncio.wait([lifecycle], timeout=1.0)
+            lifecycle.cancel()
+            await asyncio.gather(lifecycle, return_exceptions=True)
+        self._set_state(ModelState.STOPPED)
+        log.info("Model stopped model=%s", self.name)
+
+    # -- The worker's life -------------------------------------------------
+
+    async def _run_lifecycle(self, component: ModelComponent) -> None:
+        config = self.supervisor.config
+        crashes: deque[float] = deque()
+        backoff_s = config.restart_backoff_s
+        try:
+            while not self._stop_requested:
+                cause, served_s = await self._run_worker(component)
+                if cause is None or self._stop_requested:
+                    return
+                now = time.monotonic()
+                crashes.append(now)
+                while crashes and now - crashes[0] > config.restart_window_s:
+                    crashes.popleft()
+                if served_s > config.restart_window_s:
+                    backoff_s = config.restart_backoff_s
+                if len(crashes) >= config.max_restarts:
+                    message = (
+                        f"the worker crashed {len(crashes)} times within "
+                        f"{config.restart_window_s:g} s; last: {cause}"
+                    )
+                    log.error("Model model=%s FAILED: %s", self.name, message)
+                    self._set_state(ModelState.FAILED, message)
+                    return
+                self.restarts += 1
+                self._set_state(ModelState.STARTING, f"restarting: {cause}")
+                log.warning(
+                    "Restarting model=%s in %.1f s: %s", self.name, backoff_s, cause
+                )
+                await asyncio.sleep(backoff_s)
+                backoff_s = min(backoff_s * 2, config.restart_backoff_max_s)
+        except WorkerStartError as exc:
+            log.error("Model model=%s FAILED: %s", self.name, exc)
+            self._set_state(ModelState.FAILED, str(exc))
+        finally:
+            self.supervisor.cores.release(self.name)
+            if self.staging is not None:
+                self.staging.close()
+                self.staging = None
+
+    async def _run_worker(self, component: ModelComponent) -> tuple[str | None, float]:
+        """Run one worker until it exits: (cause of a crash or None, seconds)."""
+        supervisor = self.supervisor
+        self._incarnation += 1
+        worker = WorkerProcess(
+            self.name,
+            component.path,
+            cores=supervisor.cores.assign(self.name, component.cores),
+            run_dir=supervisor.run_dir,
+            context=supervisor.zmq_context,
+            settings=supervisor.worker_settings,
+            incarnation=self._incarnation,
+        )
+        self.worker = worker
+        try:
+            await worker.spawn()
+            try:
+                ready = await worker.wait_ready()
+            except WorkerStartError as exc:
+                if exc.permanent:
+                    raise
+                return str(exc), 0.0
+            if self.staging is None:
+                self.staging = StagingPool(self.name, supervisor.config.backlog)
+            self._set_state(ModelState.RUNNING)
+            log.info(
+                "Model ready model=%s pid=%d cores=%s (load %.2f s, warm-up %.2f s)",
+                self.name, ready.pid, ready.cores, ready.load_s, ready.warmup_s,
+            )  # fmt: skip
+            started = time.monotonic()
+            cause = await asyncio.shield(worker.exited)
+            served_s = time.monotonic() - started
+            if self._stop_requested:
+                return None, served_s
+            lost = worker.lost_requests
+            # Lost requests are lost work; a crash between requests is a
+            # fault the restart recovers.
+            log.log(
+                logging.ERROR if lost else logging.WARNING,
+                "Worker model=%s pid=%d %s; %d request(s) failed",
+                self.name, worker.pid, cause, lost,
+            )  # fmt: skip
+            return cause, served_s
+        finally:
+            try:
+                if not worker.exited.done():
+                    worker.kill("its model was stopped")
+                    await asyncio.shield(worker.exited)
+            finally:
+                self.worker = None
+                await worker.close()
+
+    # -- Admission -----------------------------------------------------
+
+    @contextlib.asynccontextmanager
+    async def admit(self) -> AsyncIterator[WorkerProcess]:
+        """Hold one of the model's backlog slots for a request."""
+        worker = self.worker
+        if self.state != ModelState.RUNNING or worker is None:
+            detail = f" ({self.status_message})" if self.status_message else ""
+            raise RequestError(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f"model {self.name} is {self.state.name}{detail}; DetectAnomalies "
+                "needs it RUNNING (start it with StartModel)",
+            )
+        backlog = self.supervisor.config.backlog
+        if self.admitted >= backlog:
+            raise RequestError(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"model {self.name} has {backlog} requests in progress, its "
+                "backlog limit; retry after a short delay",
+            )
+        self.admitted += 1
+        self._drained.clear()
+        try:
+            yield worker
+        finally:
+            self.admitted -= 1
+            if self.admitted == 0:
+                self._drained.set()
+
+
+class Supervisor:
+    """All known models, the cores they share and the workers' plumbing."""
+
+    def __init__(self, config: AgentConfig) -> None:
+        self.config = config
+        self.models: dict[str, Model] = {}
+        self.cores = CoreAllocator()
+        self.zmq_context = zmq.asyncio.Context()
+        self.run_dir = Path(tempfile.mkdtemp(prefix="edge-agent-run-"))
+        self.worker_settings = WorkerSettings(
+            heartbeat_interval_s=config.heartbeat_interval_s,
+            heartbeat_timeout_s=config.heartbeat_timeout_s,
+            start_timeout_s=config.start_timeout_s,
+            log_level=config.log_level,
+        )
+        self.rescan()
+
+    def rescan(self) -> None:
+        """Pick up components added to the model directory, drop removed ones."""
+        found = scan_model_dir(self.config.model_dir)
+        for name in found:
+            if name not in self.models:
+                self.models[name] = Model(name, self.config.model_dir / name, self)
+        for name in list(self.models):
+            model = self.models[name]
+            if name not in found and model.state in (
+                ModelState.STOPPED,
+                ModelState.FAILED,
+            ):
+                del self.models[name]
+
+    def get(self, name: str, *, rescan: bool = False) -> Model:
+        model = self.models.get(name)
+        if model is None and rescan:
+            self.rescan()
+            model = self.models.get(name)
+        if model is None:
+            known = ", ".join(sorted(self.models)) or "none"
+            raise RequestError(
+                grpc.StatusCode.NOT_FOUND,
+                f"no model component named {name!r} in {self.config.model_dir}; "
+                f"known components: {known}",
+            )
+        return model
+
+    async def shutdown(self, grace_s: float) -> None:
+        await asyncio.gather(*(m.shutdown(grace_s) for m in self.models.values()))
+        self.zmq_context.term()
+        for leftover in self.run_dir.iterdir():
+            leftover.unlink()
+        self.run_dir.rmdir()

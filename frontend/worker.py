@@ -1,0 +1,290 @@
+"""One worker process as the supervisor sees it: spawn, talk, watch, end.
+
+The frontend binds a ZeroMQ DEALER socket on an ``ipc://`` path in its
+private run directory and the worker connects to it; requests and replies
+are matched by id. A receiver task reads everything the worker sends; a
+watchdog task kills the worker when its heartbeats stop; a third task waits
+for the process to exit and then fails every request still pending with
+the exit's cause, at once.
+
+Workers are plain subprocesses (``python -m workers``), never forked from
+this process: gRPC does not survive a fork.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import os
+import signal
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import zmq
+import zmq.asyncio
+
+from shared import messages
+
+log = logging.getLogger(__name__)
+
+# Exit codes of workers/main.py.
+EXIT_MODEL_ERROR = 3
+
+
+class WorkerLostError(Exception):
+    """The worker exited or was killed while a request was pending."""
+
+
+class WorkerStartError(Exception):
+    """The worker did not become ready; ``permanent`` means do not retry."""
+
+    def __init__(self, message: str, *, permanent: bool) -> None:
+        super().__init__(message)
+        self.permanent = permanent
+
+
+@dataclass(frozen=True)
+class WorkerSettings:
+    heartbeat_interval_s: float
+    heartbeat_timeout_s: float
+    start_timeout_s: float
+    log_level: str
+
+
+def describe_exit(returncode: int) -> str:
+    """The cause of a worker's exit, in an operator's words."""
+    if returncode >= 0:
+        return f"exited with status {returncode}"
+    signum = -returncode
+    try:
+        name = signal.Signals(signum).name
+    except ValueError:
+        name = f"signal {signum}"
+    hints = {
+        signal.SIGKILL: " (out of memory, or killed by an operator)",
+        signal.SIGBUS: " (a client's segment shrank while it was read?)",
+        signal.SIGSEGV: " (a crash in the runtime)",
+    }
+    return f"was killed by {name}{hints.get(signal.Signals(signum), '')}"
+
+
+class WorkerProcess:
+    """One incarnation of a model's worker."""
+
+    def __init__(
+        self,
+        model: str,
+        component_dir: Path,
+        *,
+        cores: list[int],
+        run_dir: Path,
+        context: zmq.asyncio.Context,
+        settings: WorkerSettings,
+        incarnation: int,
+    ) -> None:
+        self.model = model
+        self.component_dir = component_dir
+        self.cores = cores
+        self.settings = settings
+        self.endpoint = f"ipc://{run_dir}/{model}.{incarnation}.zmq"
+        self.socket = context.socket(zmq.DEALER)
+        self.socket.setsockopt(zmq.LINGER, 0)
+        # Admission bounds what is in flight; the HWM is never the limit.
+        self.socket.setsockopt(zmq.SNDHWM, 0)
+        self.socket.setsockopt(zmq.RCVHWM, 0)
+        self.socket.bind(self.endpoint)
+        self.process: asyncio.subprocess.Process | None = None
+        self.pid = 0
+        self.ready: asyncio.Future[messages.Ready] = (
+            asyncio.get_running_loop().create_future()
+        )
+        self.exited: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+        self.last_heartbeat: messages.Heartbeat | None = None
+        self._last_seen = time.monotonic()
+        self._fatal: messages.Fatal | None = None
+        self._kill_cause: str | None = None
+        self.lost_requests = 0
+        self._pending: dict[int, asyncio.Future[tuple[messages.Record, Any]]] = {}
+        self._ids = itertools.count(1)
+        self._tasks: list[asyncio.Task[None]] = []
+
+    async def spawn(self) -> None:
+        command = [
+            sys.executable, "-m", "workers",
+            "--component-dir", str(self.component_dir),
+            "--endpoint", self.endpoint,
+            "--cores", ",".join(map(str, self.cores)),
+            "--parent-pid", str(os.getpid()),
+            "--heartbeat-interval-s", str(self.settings.heartbeat_interval_s),
+            "--log-level", self.settings.log_level,
+        ]  # fmt: skip
+        self.process = await asyncio.create_subprocess_exec(
+            *command, stdin=asyncio.subprocess.DEVNULL
+        )
+        self.pid = self.process.pid
+        log.info(
+            "Starting worker model=%s pid=%d cores=%s", self.model, self.pid, self.cores
+        )
+        self._tasks = [
+            asyncio.create_task(self._receive(), name=f"receive-{self.model}"),
+            asyncio.create_task(self._watch_exit(), name=f"exit-{self.model}"),
+        ]
+
+    async def wait_ready(self) -> messages.Ready:
+        """Wait for the worker's Ready, or raise WorkerStartError."""
+        waiting: list[asyncio.Future[Any]] = [self.ready, self.exited]
+        done, _ = await asyncio.wait(
+            waiting,
+            timeout=self.settings.start_timeout_s,
+            return_when=asyncio.FIRST_COMPLETED,
+        )
+        if self.ready in done:
+            self._tasks.append(
+                asyncio.create_task(self._watchdog(), name=f"watchdog-{self.model}")
+            )
+            ready: messages.Ready = self.ready.result()
+            return ready
+        if self.exited in done:
+            fatal = self._fatal
+            if fatal is not None:
+                raise WorkerStartError(
+                    fatal.message, permanent=fatal.kind != "internal"
+                )
+            raise WorkerStartError(
+                f"worker {self.exited.result()} while loading the model",
+                permanent=False,
+            )
+        self.kill(f"did not become ready within {self.settings.start_timeout_s:g} s")
+        await asyncio.shield(self.exited)
+        raise WorkerStartError(
+            f"the model did not load within {self.settings.start_timeout_s:g} s",
+            permanent=False,
+        )
+
+    async def call(
+        self, request: messages.DetectRequest, payload: Any, timeout_s: float
+    ) -> tuple[messages.Record, Any]:
+        """Send one request and wait for its reply; raise WorkerLostError."""
+        if self.exited.done():
+            raise WorkerLostError(f"the worker {self.exited.result()}")
+        future: asyncio.Future[tuple[messages.Record, Any]] = (
+            asyncio.get_running_loop().create_future()
+        )
+        self._pending[request.id] = future
+        try:
+            try:
+                self.socket.send_multipart(
+                    messages.encode(request, payload), flags=zmq.NOBLOCK, copy=False
+                )
+            except zmq.ZMQError as exc:
+                raise WorkerLostError(f"cannot reach the worker: {exc}") from exc
+            return await asyncio.wait_for(future, timeout_s)
+        finally:
+            self._pending.pop(request.id, None)
+
+    def next_id(self) -> int:
+        return next(self._ids)
+
+    @property
+    def pending(self) -> int:
+        return len(self._pending)
+
+    async def stop(self, timeout_s: float) -> str:
+        """Ask the worker to finish and exit; kill it after ``timeout_s``."""
+        if not self.exited.done():
+            try:
+                # Never blocks (no HWM), so no await can race the socket's
+                # close by the lifecycle task.
+                self.socket.send_multipart(
+                    messages.encode(messages.Stop()), flags=zmq.NOBLOCK
+                )
+            except zmq.ZMQError as exc:
+                log.warning(
+                    "Could not send stop model=%s pid=%d: %s", self.model, self.pid, exc
+                )
+            try:
+                await asyncio.wait_for(asyncio.shield(self.exited), timeout_s)
+            except asyncio.TimeoutError:
+                self.kill(f"did not stop within {timeout_s:g} s")
+        return await asyncio.shield(self.exited)
+
+    def kill(self, cause: str) -> None:
+        if self.process is None or self.exited.done():
+            return
+        if self._kill_cause is None:
+            self._kill_cause = cause
+        with contextlib.suppress(ProcessLookupError):
+            self.process.kill()
+
+    async def close(self) -> None:
+        """Release the socket and tasks once the process has exited."""
+        for task in self._tasks:
+            if task is not asyncio.current_task():
+                task.cancel()
+        try:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+        finally:
+            self.socket.close(linger=0)
+
+    async def _receive(self) -> None:
+        while True:
+            frames = await self.socket.recv_multipart(copy=False)
+            self._last_seen = time.monotonic()
+            try:
+                record, payload = messages.decode(frames)
+            except messages.ProtocolError as exc:
+                log.error(
+                    "Malformed message model=%s pid=%d: %s", self.model, self.pid, exc
+                )
+                continue
+            if isinstance(record, messages.Heartbeat):
+                self.last_heartbeat = record
+            elif isinstance(record, messages.Ready):
+                if not self.ready.done():
+                    self.ready.set_result(record)
+            elif isinstance(record, messages.Fatal):
+                self._fatal = record
+            elif isinstance(record, (messages.DetectReply, messages.ErrorReply)):
+                future = self._pending.get(record.id)
+                if future is not None and not future.done():
+                    future.set_result((record, payload))
+            else:
+                log.error(
+                    "Unexpected %s model=%s pid=%d",
+                    type(record).__name__,
+                    self.model,
+                    self.pid,
+                )
+
+    async def _watchdog(self) -> None:
+        timeout_s = self.settings.heartbeat_timeout_s
+        while True:
+            await asyncio.sleep(min(self.settings.heartbeat_interval_s, timeout_s / 4))
+            silent_s = time.monotonic() - self._last_seen
+            if silent_s > timeout_s:
+                log.error(
+                    "Worker model=%s pid=%d sent no heartbeat for %.1f s; killing it",
+                    self.model, self.pid, silent_s,
+                )  # fmt: skip
+                self.kill(f"stopped sending heartbeats for {silent_s:.1f} s")
+                return
+
+    async def _watch_exit(self) -> None:
+        assert self.process is not None
+        returncode = await self.process.wait()
+        cause = describe_exit(returncode)
+        if self._kill_cause is not None:
+            cause = f"{self._kill_cause} and was killed"
+        elif self._fatal is not None:
+            cause = f"{cause}: {self._fatal.message}"
+        lost = WorkerLostError(f"the worker of model {self.model} {cause}")
+        for future in self._pending.values():
+            if not future.done():
+                future.set_exception(lost)
+                self.lost_requests += 1
+        self.exited.set_result(cause)

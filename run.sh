@@ -1,0 +1,58 @@
+#!/usr/bin/env bash
+# edge-agent's one entry point for people and CI.
+#   ./run.sh            create .venv if missing, install, serve the bundled model
+#   ./run.sh test       install test tools, then lint, type-check and test
+#   ./run.sh proto      regenerate frontend/_proto from proto/edge-agent.proto
+#   ./run.sh bundle     rebuild models/brick-texture and samples/
+# Anything after "./run.sh serve" goes to "edge-agent serve".
+set -euo pipefail
+cd "$(dirname "$0")"
+root=$(pwd)
+venv="$root/.venv"
+python=${PYTHON:-python3}
+
+ensure_venv() {
+  if [ ! -x "$venv/bin/python" ]; then
+    "$python" -m venv "$venv"
+    "$venv/bin/pip" install --quiet --upgrade pip
+  fi
+  # Re-install when pyproject.toml changed since the last install.
+  local stamp="$venv/.installed-$1"
+  if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
+    if [ "$1" = dev ]; then
+      "$venv/bin/pip" install --quiet -e ".[dev]"
+    else
+      "$venv/bin/pip" install --quiet -e .
+    fi
+    touch "$stamp"
+  fi
+}
+
+cmd=${1:-serve}
+[ $# -gt 0 ] && shift
+case "$cmd" in
+  serve)
+    ensure_venv base
+    exec "$venv/bin/edge-agent" serve --model-dir "$root/models" \
+      --start brick-texture "$@"
+    ;;
+  test)
+    ensure_venv dev
+    "$venv/bin/ruff" check .
+    "$venv/bin/ruff" format --check .
+    "$venv/bin/mypy" frontend workers shared trainer
+    exec "$venv/bin/pytest" "$@"
+    ;;
+  proto)
+    ensure_venv dev
+    exec "$venv/bin/python" scripts/generate_proto.py
+    ;;
+  bundle)
+    ensure_venv dev
+    exec "$venv/bin/python" scripts/make_bundled_model.py "$@"
+    ;;
+  *)
+    echo "usage: ./run.sh [serve [ARGS...] | test [PYTEST ARGS...] | proto | bundle]" >&2
+    exit 2
+    ;;
+esac

@@ -1,0 +1,1 @@
+"""Code that both the frontend and the workers import: formats and records."""

@@ -1,0 +1,200 @@
+"""Tests for the component builder and the bundled brick-texture component."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from PIL import Image
+
+from trainer.cli import main
+from trainer.fit import TrainingError, build_component
+
+ROOT = Path(__file__).resolve().parents[2]
+SIZE = (64, 64)
+
+
+def _texture(rng: np.random.Generator, height: int = 96, width: int = 96) -> np.ndarray:
+    """Diagonal stripes with a random phase plus noise, as RGB uint8."""
+    yy, xx = np.mgrid[0:height, 0:width]
+    phase = rng.uniform(0, 2 * np.pi)
+    base = 128 + 60 * np.sin((xx + yy) * 0.6 + phase)
+    gray = base + rng.normal(0, 8, base.shape)
+    rgb = np.stack([gray, gray * 0.9, gray * 0.8], axis=-1)
+    image: np.ndarray = np.clip(rgb, 0, 255).astype(np.uint8)
+    return image
+
+
+def _write_good(folder: Path, count: int = 6, seed: int = 0) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    for i in range(count):
+        Image.fromarray(_texture(rng)).save(folder / f"good_{i}.png")
+    return folder
+
+
+def _session(path: Path) -> ort.InferenceSession:
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+@pytest.fixture(scope="module")
+def component(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("fit")
+    good = _write_good(root / "good")
+    return build_component(good, root / "models", name="stripes", input_size=SIZE)
+
+
+def test_manifest(component: Path) -> None:
+    manifest = json.loads((component / "manifest.json").read_text())
+    assert component.name == "stripes"
+    assert manifest["format_version"] == 1
+    assert manifest["name"] == "stripes"
+    assert manifest["version"] == "1.0.0"
+    assert manifest["kind"] == "segmentation"
+    assert manifest["model_arn"] == "arn:edge-agent:model/stripes/1.0.0"
+    assert manifest["threshold"] == 0.5
+    assert manifest["input_size"] == list(SIZE)
+    assert manifest["labels"] == [{"name": "anomaly", "color": "#FF0000"}]
+    assert manifest["cores"] == 1
+    assert isinstance(manifest["description"], str) and manifest["description"]
+
+
+def test_graph_interface(component: Path) -> None:
+    model = onnx.load(str(component / "model.onnx"))
+    onnx.checker.check_model(model)
+    (image,) = model.graph.input
+    assert image.name == "image"
+    assert image.type.tensor_type.elem_type == onnx.TensorProto.UINT8
+    dims = [d.dim_param or d.dim_value for d in image.type.tensor_type.shape.dim]
+    assert dims == ["height", "width", 3]
+    assert [o.name for o in model.graph.output] == ["score", "mask", "anomaly_map"]
+
+
+@pytest.mark.parametrize("height,width", [(80, 100), (130, 70)])
+def test_outputs_follow_input_size(component: Path, height: int, width: int) -> None:
+    session = _session(component / "model.onnx")
+    image = _texture(np.random.default_rng(7), height, width)
+    score, mask, amap = session.run(None, {"image": image})
+    assert score.dtype == np.float32 and score.shape == (1,)
+    assert 0.0 <= float(score[0]) < 1.0
+    assert mask.dtype == np.uint8 and mask.shape == (height, width)
+    assert amap.dtype == np.float32 and amap.shape == (height, width)
+    assert set(np.unique(mask)) <= {0, 1}
+    np.testing.assert_array_equal(mask, (amap >= 0.5).astype(np.uint8))
+
+
+def test_defect_scores_higher_than_good(component: Path) -> None:
+    session = _session(component / "model.onnx")
+    good = _texture(np.random.default_rng(99))
+    bad = good.copy()
+    bad[30:60, 30:60] = 15
+    (good_score,) = session.run(["score"], {"image": good})[0]
+    bad_score, mask, amap = session.run(None, {"image": bad})
+    assert good_score < 0.5 <= bad_score[0]
+    # The 8x8 feature grid of a 64x64 working size smears the map, so only
+    # check that it peaks on the defect, not a tight outline.
+    peak = np.unravel_index(int(amap.argmax()), amap.shape)
+    assert 20 <= peak[0] < 70 and 20 <= peak[1] < 70
+    assert mask[45, 45] == 1
+
+
+def test_deterministic_for_fixed_seed(tmp_path: Path) -> None:
+    good = _write_good(tmp_path / "good", count=4)
+    first = build_component(good, tmp_path / "a", name="s", input_size=SIZE, seed=3)
+    second = build_component(good, tmp_path / "b", name="s", input_size=SIZE, seed=3)
+    for name in ("model.onnx", "manifest.json"):
+        assert (first / name).read_bytes() == (second / name).read_bytes()
+
+
+def test_classification_outputs_score_only(tmp_path: Path) -> None:
+    good = _write_good(tmp_path / "good", count=3)
+    component = build_component(
+        good, tmp_path / "m", name="cls", kind="classification", input_size=SIZE
+    )
+    manifest = json.loads((component / "manifest.json").read_text())
+    assert manifest["kind"] == "classification" and "labels" not in manifest
+    outputs = _session(component / "model.onnx").run(
+        None, {"image": _texture(np.random.default_rng(1))}
+    )
+    assert len(outputs) == 1 and outputs[0].shape == (1,)
+
+
+def test_empty_folder_is_an_error(tmp_path: Path) -> None:
+    (tmp_path / "good").mkdir()
+    with pytest.raises(TrainingError, match="no PNG or JPEG"):
+        build_component(tmp_path / "good", tmp_path / "m", name="x")
+
+
+def test_unreadable_image_is_an_error(tmp_path: Path) -> None:
+    good = _write_good(tmp_path / "good", count=2)
+    (good / "broken.png").write_bytes(b"not an image")
+    with pytest.raises(TrainingError, match=r"cannot read .*broken\.png"):
+        build_component(good, tmp_path / "m", name="x")
+
+
+def test_small_image_is_an_error(tmp_path: Path) -> None:
+    good = _write_good(tmp_path / "good", count=2)
+    Image.new("RGB", (63, 100)).save(good / "tiny.png")
+    with pytest.raises(TrainingError, match="at least 64x64"):
+        build_component(good, tmp_path / "m", name="x")
+
+
+def test_single_photo_is_an_error(tmp_path: Path) -> None:
+    good = _write_good(tmp_path / "good", count=1)
+    with pytest.raises(TrainingError, match="at least 2"):
+        build_component(good, tmp_path / "m", name="x")
+
+
+def test_bad_arguments_are_errors(tmp_path: Path) -> None:
+    good = _write_good(tmp_path / "good", count=2)
+    with pytest.raises(TrainingError, match="name"):
+        build_component(good, tmp_path / "m", name="Bad Name")
+    with pytest.raises(TrainingError, match="kind"):
+        build_component(good, tmp_path / "m", name="x", kind="detection")
+    with pytest.raises(TrainingError, match="input_size"):
+        build_component(good, tmp_path / "m", name="x", input_size=(100, 64))
+
+
+def test_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    good = _write_good(tmp_path / "good", count=3)
+    argv = [str(good), "--out", str(tmp_path / "m"), "--name", "cli"]
+    assert main([*argv, "--input-size", "64x64"]) == 0
+    assert (tmp_path / "m" / "cli" / "model.onnx").is_file()
+    assert "loaded 3 good photos" in capsys.readouterr().out
+    assert main([str(tmp_path / "missing"), "--out", "o", "--name", "x"]) == 2
+    assert "not a folder" in capsys.readouterr().err
+
+
+def _rgb(path: Path) -> np.ndarray:
+    with Image.open(path) as img:
+        return np.asarray(img.convert("RGB"))
+
+
+def test_bundled_component_labels_samples() -> None:
+    component = ROOT / "models" / "brick-texture"
+    manifest = json.loads((component / "manifest.json").read_text())
+    assert manifest["name"] == "brick-texture" and manifest["kind"] == "segmentation"
+    session = _session(component / "model.onnx")
+    good = sorted((ROOT / "samples" / "good").glob("*.png"))
+    defective = sorted((ROOT / "samples" / "defective").glob("*.png"))
+    assert len(good) >= 3 and len(defective) >= 3
+    for path in good:
+        score, mask, _ = session.run(None, {"image": _rgb(path)})
+        assert score[0] < 0.45, path.name
+        assert mask.sum() == 0, path.name
+    for path in defective:
+        image = _rgb(path)
+        score, mask, _ = session.run(None, {"image": image})
+        assert score[0] >= 0.55, path.name
+        with Image.open(ROOT / "samples" / "defective_masks" / path.name) as img:
+            truth = np.asarray(img.convert("L")) > 0
+        predicted = mask == 1
+        assert predicted.shape == truth.shape == image.shape[:2]
+        iou = (predicted & truth).sum() / (predicted | truth).sum()
+        assert iou > 0.1, (path.name, iou)

@@ -1,0 +1,1 @@
+"""Builds edge-agent model components (manifest + ONNX graph) from good photos."""

@@ -1,0 +1,63 @@
+"""Command line: `edge-agent train GOOD_DIR --out DIR --name NAME [...]`."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from trainer.fit import KINDS, TrainingError, build_component
+
+
+def _size(text: str) -> tuple[int, int]:
+    try:
+        width, height = (int(part) for part in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected WIDTHxHEIGHT, got {text!r}"
+        ) from None
+    return width, height
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="edge-agent train",
+        description="Fit an anomaly-detection model component from good photos.",
+    )
+    parser.add_argument("good_dir", type=Path, help="folder of good PNG/JPEG photos")
+    parser.add_argument("--out", type=Path, required=True, help="models folder")
+    parser.add_argument("--name", required=True, help="component name, e.g. brick")
+    parser.add_argument("--kind", choices=KINDS, default="segmentation")
+    parser.add_argument("--version", default="1.0.0", help="MAJOR.MINOR.PATCH")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--cores", type=int, default=1)
+    parser.add_argument(
+        "--input-size",
+        type=_size,
+        default=(256, 256),
+        metavar="WxH",
+        help="working size the graph resizes to (default 256x256)",
+    )
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the trainer CLI; `argv` excludes the `train` subcommand word."""
+    args = _parser().parse_args(argv)
+    try:
+        component = build_component(
+            args.good_dir,
+            args.out,
+            name=args.name,
+            kind=args.kind,
+            version=args.version,
+            cores=args.cores,
+            seed=args.seed,
+            input_size=args.input_size,
+            progress=print,
+        )
+    except TrainingError as exc:
+        print(f"edge-agent train: error: {exc}", file=sys.stderr)
+        return 2
+    print(f"done: {component}")
+    return 0

@@ -1,0 +1,311 @@
+"""ONNX graph construction for anomaly-detection model components.
+
+One builder produces both the feature graph (uint8 image -> patch features)
+that the trainer runs on the good photos, and the shipped component graph,
+which is the same feature stage followed by memory-bank scoring. Sharing the
+code means training features and deployed features cannot drift apart.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+OPSET = 18  # Resize gained `antialias` in opset 18.
+IR_VERSION = 8  # The IR version that goes with opset 18.
+GRID_STRIDE = 8  # Working-size pixels per feature cell.
+KERNEL = 5
+N_SCALES = 4
+SMOOTH_SIGMA = 1.0  # In feature cells; removes single-cell speckle.
+
+# ITU-R BT.601 luma plus two colour differences, scaled from bytes to [0, 1].
+_LUMA = np.array([0.299, 0.587, 0.114]) / 255.0
+_CHROMA = np.array([[-0.299, -0.587, 0.886], [0.701, -0.587, -0.114]]) / 255.0
+
+
+def filter_bank(seed: int, n_random: int = 2) -> np.ndarray:
+    """Return the fixed luma filter bank, shape [K, 1, KERNEL, KERNEL].
+
+    Low-frequency 2-D DCT-II basis functions (1 <= u+v <= 4, no DC term) give
+    orientation and frequency selectivity; a few seeded zero-mean random
+    filters add non-separable structure. Every filter has unit L2 norm so all
+    channels start on a comparable scale.
+    """
+    n = np.arange(KERNEL)
+    basis = [np.cos(np.pi * (n + 0.5) * u / KERNEL) for u in range(KERNEL)]
+    filters = [
+        np.outer(basis[u], basis[total - u])
+        for total in range(1, 5)
+        for u in range(total + 1)
+        if u < KERNEL and total - u < KERNEL
+    ]
+    rng = np.random.default_rng(seed)
+    for _ in range(n_random):
+        f = rng.standard_normal((KERNEL, KERNEL))
+        filters.append(f - f.mean())
+    bank = np.stack(filters)
+    bank /= np.linalg.norm(bank, axis=(1, 2), keepdims=True)
+    return bank[:, None].astype(np.float32)
+
+
+def feature_channels(bank: np.ndarray) -> int:
+    """Number of feature channels the feature stage emits for `bank`."""
+    return int(N_SCALES * bank.shape[0] + 3)
+
+
+def gaussian_kernel(sigma: float) -> np.ndarray:
+    """Normalised 2-D Gaussian, shape [1, 1, 5, 5]."""
+    x = np.arange(5) - 2.0
+    g = np.exp(-(x**2) / (2 * sigma**2))
+    k = np.outer(g, g)
+    kernel: np.ndarray = (k / k.sum())[None, None].astype(np.float32)
+    return kernel
+
+
+@dataclass(frozen=True)
+class Scoring:
+    """Fitted parameters of the scoring stage.
+
+    `proj_w` [d, D] and `proj_b` [d] fold per-channel standardisation and PCA
+    into one 1x1 convolution; `bank` [M, d] holds the coreset of normal
+    patches in that projected space. Thresholds are raw distances.
+    """
+
+    proj_w: np.ndarray
+    proj_b: np.ndarray
+    bank: np.ndarray
+    image_threshold: float
+    pixel_threshold: float
+
+
+class _Builder:
+    """Accumulates nodes and initialisers with unique, readable names."""
+
+    def __init__(self) -> None:
+        self.nodes: list[onnx.NodeProto] = []
+        self.inits: list[onnx.TensorProto] = []
+        self._count = 0
+
+    def _name(self, stem: str) -> str:
+        self._count += 1
+        return f"{stem}_{self._count}"
+
+    def const(self, stem: str, value: np.ndarray) -> str:
+        name = self._name(stem)
+        self.inits.append(numpy_helper.from_array(value, name))
+        return name
+
+    def ints(self, stem: str, values: list[int]) -> str:
+        return self.const(stem, np.array(values, dtype=np.int64))
+
+    def floats(self, stem: str, values: list[float]) -> str:
+        return self.const(stem, np.array(values, dtype=np.float32))
+
+    def op(
+        self, op_type: str, inputs: list[str], out: str | None = None, **attrs: Any
+    ) -> str:
+        name = out or self._name(op_type.lower())
+        self.nodes.append(
+            helper.make_node(op_type, inputs, [name], name=f"n_{name}", **attrs)
+        )
+        return name
+
+
+def _conv_reflect(b: _Builder, x: str, weight: str, stride: int) -> str:
+    # Reflect padding: zero padding would make the image border look like a
+    # strong edge, and every border patch would then be an outlier.
+    pad = KERNEL // 2
+    pads = b.ints("pads", [0, 0, pad, pad, 0, 0, pad, pad])
+    padded = b.op("Pad", [x, pads], mode="reflect")
+    return b.op("Conv", [padded, weight], strides=[stride, stride])
+
+
+def _pool(b: _Builder, x: str, size: int) -> str:
+    return b.op("AveragePool", [x], kernel_shape=[size, size], strides=[size, size])
+
+
+def _features(b: _Builder, image: str, input_size: tuple[int, int], seed: int) -> str:
+    """Add the feature stage; returns the [1, D, h/8, w/8] feature tensor."""
+    width, height = input_size
+    # Downscale while still uint8 (cheapest), with antialiasing so that large
+    # camera frames do not alias the fine texture the filters look at.
+    batched = b.op("Unsqueeze", [image, b.ints("axes", [0])])
+    small = b.op(
+        "Resize",
+        [batched, "", "", b.ints("sizes", [1, height, width, 3])],
+        mode="linear",
+        antialias=1,
+    )
+    as_float = b.op("Cast", [small], to=TensorProto.FLOAT)
+    rgb = b.op("Transpose", [as_float], perm=[0, 3, 1, 2])
+    luma = b.op(
+        "Conv", [rgb, b.const("luma_w", _LUMA.reshape(1, 3, 1, 1).astype(np.float32))]
+    )
+    chroma = b.op(
+        "Conv",
+        [rgb, b.const("chroma_w", _CHROMA.reshape(2, 3, 1, 1).astype(np.float32))],
+    )
+
+    weight = b.const("bank_w", filter_bank(seed))
+    energies = []
+    level = luma
+    for scale in range(N_SCALES):
+        if scale > 0:
+            level = _pool(b, level, 2)
+        # The finest scale uses a strided conv: it is by far the biggest and
+        # its output is pooled by 8 anyway.
+        stride = 2 if scale == 0 else 1
+        response = b.op("Abs", [_conv_reflect(b, level, weight, stride)])
+        remaining = GRID_STRIDE // (stride * 2**scale)
+        energies.append(_pool(b, response, remaining) if remaining > 1 else response)
+    # sqrt compresses the heavy tail of filter energies so that no single
+    # strong edge dominates the distance.
+    energy = b.op("Sqrt", [b.op("Concat", energies, axis=1)])
+    colour = _pool(b, chroma, GRID_STRIDE)
+    stacked = b.op("Concat", [energy, level, colour], axis=1)
+    # A 3x3 neighbourhood average gives every patch some spatial context.
+    return b.op(
+        "AveragePool",
+        [stacked],
+        kernel_shape=[3, 3],
+        strides=[1, 1],
+        pads=[1, 1, 1, 1],
+        count_include_pad=0,
+    )
+
+
+def _image_input() -> onnx.ValueInfoProto:
+    return helper.make_tensor_value_info(
+        "image", TensorProto.UINT8, ["height", "width", 3]
+    )
+
+
+def _finish(
+    b: _Builder, outputs: list[onnx.ValueInfoProto], name: str
+) -> onnx.ModelProto:
+    graph = helper.make_graph(b.nodes, name, [_image_input()], outputs, b.inits)
+    model = helper.make_model(
+        graph,
+        opset_imports=[helper.make_opsetid("", OPSET)],
+        producer_name="edge-agent-trainer",
+    )
+    model.ir_version = IR_VERSION
+    onnx.checker.check_model(model, full_check=True)
+    return model
+
+
+def build_feature_model(input_size: tuple[int, int], seed: int) -> onnx.ModelProto:
+    """Graph `image` -> `features` [1, D, h/8, w/8], used during training."""
+    b = _Builder()
+    b.op("Identity", [_features(b, "image", input_size, seed)], out="features")
+    grid = [input_size[1] // GRID_STRIDE, input_size[0] // GRID_STRIDE]
+    channels = feature_channels(filter_bank(seed))
+    out = helper.make_tensor_value_info(
+        "features", TensorProto.FLOAT, [1, channels, *grid]
+    )
+    return _finish(b, [out], "edge_agent_features")
+
+
+def build_component_model(
+    input_size: tuple[int, int],
+    seed: int,
+    scoring: Scoring,
+    *,
+    segmentation: bool,
+    raw_outputs: bool = False,
+) -> onnx.ModelProto:
+    """The full component graph.
+
+    With `raw_outputs` the un-normalised `raw_score` [1] and `raw_map`
+    [1, 1, h/8, w/8] are exposed too; the trainer uses them for calibration.
+    """
+    b = _Builder()
+    feats = _features(b, "image", input_size, seed)
+    z = b.op(
+        "Conv",
+        [
+            feats,
+            b.const("proj_w", scoring.proj_w[:, :, None, None].astype(np.float32)),
+            b.const("proj_b", scoring.proj_b.astype(np.float32)),
+        ],
+    )
+    # Squared distance to every bank entry as ||z||^2 - 2 z.m + ||m||^2, with
+    # the cross term one MatMul. Patches go in rows so that the minimum over
+    # the bank runs along the contiguous last axis: ReduceMin over the channel
+    # axis of a conv output was measured ~10x slower.
+    grid_h, grid_w = input_size[1] // GRID_STRIDE, input_size[0] // GRID_STRIDE
+    d = scoring.bank.shape[1]
+    rows = b.op(
+        "Transpose", [b.op("Reshape", [z, b.ints("shape", [d, -1])])], perm=[1, 0]
+    )
+    bank = scoring.bank.astype(np.float32)
+    cross = b.op(
+        "Add",
+        [
+            b.op(
+                "MatMul",
+                [rows, b.const("bank_neg2_t", np.ascontiguousarray(-2.0 * bank.T))],
+            ),
+            b.const("bank_sq", (bank**2).sum(axis=1).astype(np.float32)),
+        ],
+    )
+    nearest = b.op("ReduceMin", [cross, b.ints("axes", [1])], keepdims=1)
+    z_sq = b.op("ReduceSumSquare", [rows, b.ints("axes", [1])], keepdims=1)
+    # Relu clips tiny negative values left by float cancellation.
+    dist_rows = b.op("Sqrt", [b.op("Relu", [b.op("Add", [nearest, z_sq])])])
+    dist = b.op("Reshape", [dist_rows, b.ints("shape", [1, 1, grid_h, grid_w])])
+    padded = b.op("Pad", [dist, b.ints("pads", [0, 0, 2, 2, 0, 0, 2, 2])], mode="edge")
+    raw_map = b.op("Conv", [padded, b.const("smooth_w", gaussian_kernel(SMOOTH_SIGMA))])
+    raw_score = b.op(
+        "Reshape",
+        [b.op("ReduceMax", [raw_map], keepdims=0), b.ints("shape", [1])],
+    )
+    # s / (s + t) maps [0, inf) onto [0, 1) with the threshold landing on 0.5.
+    t_img = b.floats("t_image", [scoring.image_threshold])
+    b.op("Div", [raw_score, b.op("Add", [raw_score, t_img])], out="score")
+    outputs = [helper.make_tensor_value_info("score", TensorProto.FLOAT, [1])]
+
+    if segmentation:
+        t_pix = b.floats("t_pixel", [scoring.pixel_threshold])
+        norm_map = b.op("Div", [raw_map, b.op("Add", [raw_map, t_pix])])
+        # Normalise on the small grid, then upsample: far cheaper than doing
+        # the division per full-resolution pixel, and monotone either way.
+        hw = b.op(
+            "Slice",
+            [b.op("Shape", ["image"]), b.ints("start", [0]), b.ints("end", [2])],
+        )
+        # Resize the 2-D grid straight to [H, W]: no reshape copy of the
+        # full-resolution result afterwards.
+        flat_map = b.op("Reshape", [norm_map, b.ints("shape", [grid_h, grid_w])])
+        amap = b.op("Resize", [flat_map, "", "", hw], out="anomaly_map", mode="linear")
+        half = b.floats("half", [0.5])
+        b.op(
+            "Cast",
+            [b.op("GreaterOrEqual", [amap, half])],
+            out="mask",
+            to=TensorProto.UINT8,
+        )
+        outputs += [
+            helper.make_tensor_value_info(
+                "mask", TensorProto.UINT8, ["height", "width"]
+            ),
+            helper.make_tensor_value_info(
+                "anomaly_map", TensorProto.FLOAT, ["height", "width"]
+            ),
+        ]
+    if raw_outputs:
+        b.op("Identity", [raw_score], out="raw_score")
+        b.op("Identity", [raw_map], out="raw_map")
+        outputs += [
+            helper.make_tensor_value_info("raw_score", TensorProto.FLOAT, [1]),
+            helper.make_tensor_value_info(
+                "raw_map",
+                TensorProto.FLOAT,
+                [1, 1, grid_h, grid_w],
+            ),
+        ]
+    return _finish(b, outputs, "edge_agent_component")

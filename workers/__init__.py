@@ -1,0 +1,1 @@
+"""The worker process: one per running model component, pinned to its cores."""
