@@ -110,11 +110,10 @@ def parse_detect(request: pb2.DetectAnomaliesRequest) -> DetectJob:
     inline: bytes | None = None
     image: SegmentRef | None = None
     if source == "byte_data":
-        if len(bitmap.byte_data) != expected:
-            raise invalid(
-                _byte_count_problem(len(bitmap.byte_data), width, height, "byte_data")
-            )
+        # Each read of a bytes field copies it: read it once.
         inline = bitmap.byte_data
+        if len(inline) != expected:
+            raise invalid(_byte_count_problem(len(inline), width, height, "byte_data"))
     elif source == "shared_memory_handle":
         name, offset, size = _handle(bitmap.shared_memory_handle, "bitmap")
         if size != expected:

@@ -34,6 +34,7 @@ log = logging.getLogger(__name__)
 
 # Exit codes of workers/main.py.
 EXIT_MODEL_ERROR = 3
+_DRAIN_S = 0.05
 
 
 class WorkerLostError(Exception):
@@ -155,9 +156,10 @@ class WorkerProcess:
                 raise WorkerStartError(
                     fatal.message, permanent=fatal.kind != "internal"
                 )
+            assert self.process is not None
             raise WorkerStartError(
                 f"worker {self.exited.result()} while loading the model",
-                permanent=False,
+                permanent=self.process.returncode == EXIT_MODEL_ERROR,
             )
         self.kill(f"did not become ready within {self.settings.start_timeout_s:g} s")
         await asyncio.shield(self.exited)
@@ -277,6 +279,9 @@ class WorkerProcess:
     async def _watch_exit(self) -> None:
         assert self.process is not None
         returncode = await self.process.wait()
+        # What the worker sent just before exiting (a Fatal, a last reply)
+        # may still be on its way through the receiver task.
+        await asyncio.sleep(_DRAIN_S)
         cause = describe_exit(returncode)
         if self._kill_cause is not None:
             cause = f"{self._kill_cause} and was killed"
