@@ -279,9 +279,10 @@ class WorkerProcess:
     async def _watch_exit(self) -> None:
         assert self.process is not None
         returncode = await self.process.wait()
-        # What the worker sent just before exiting (a Fatal, a last reply)
-        # may still be on its way through the receiver task.
-        await asyncio.sleep(_DRAIN_S)
+        if not self.ready.done():
+            # A Fatal sent just before the exit may still be on its way
+            # through the receiver task; it says why the model cannot load.
+            await asyncio.sleep(_DRAIN_S)
         cause = describe_exit(returncode)
         if self._kill_cause is not None:
             cause = f"{self._kill_cause} and was killed"

@@ -44,9 +44,12 @@ def wait_until(
 
 
 class Agent:
-    def __init__(self, model_dir: Path, *args: str) -> None:
+    def __init__(
+        self, model_dir: Path, *args: str, socket_path: Path | None = None
+    ) -> None:
         self.dir = Path(tempfile.mkdtemp(prefix="ea-", dir="/tmp"))
-        self.socket_path = self.dir / "agent.sock"
+        # A test may reuse another agent's path (stale socket, second agent).
+        self.socket_path = socket_path or self.dir / "agent.sock"
         self.address = f"unix://{self.socket_path}"
         self.model_dir = model_dir
         self.log_path = self.dir / "agent.log"
@@ -154,8 +157,10 @@ def agent_segments(pid: int) -> list[str]:
     return [n for n in os.listdir("/dev/shm") if n.startswith(f"edge-agent.{pid}.")]
 
 
-def running_agent(model_dir: Path, *args: str) -> Iterator[Agent]:
-    agent = Agent(model_dir, *args)
+def running_agent(
+    model_dir: Path, *args: str, socket_path: Path | None = None
+) -> Iterator[Agent]:
+    agent = Agent(model_dir, *args, socket_path=socket_path)
     try:
         yield agent
     finally:
