@@ -19,11 +19,17 @@ from dataclasses import dataclass
 
 import psutil
 
-from shared.segments import SHM_DIR, SegmentRef, create_segment, unlink_segment
+from shared.segments import (
+    AGENT_PREFIX,
+    SHM_DIR,
+    SegmentRef,
+    create_segment,
+    unlink_segment,
+)
 
 log = logging.getLogger(__name__)
 
-PREFIX = "edge-agent."
+PREFIX = AGENT_PREFIX
 _ALIGN = 1 << 20
 
 

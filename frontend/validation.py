@@ -71,17 +71,22 @@ def _handle(handle: pb2.SharedMemoryHandle, role: str) -> tuple[str, int, int]:
     return name, int(handle.offset), int(handle.size)
 
 
+def _same_segment(params: pb2.AnomalyMaskParams) -> bool:
+    first, second = params.shared_memory_handle, params.shared_memory_handle_legacy
+    return (first.name.lstrip("/"), first.offset, first.size) == (
+        second.name.lstrip("/"),
+        second.offset,
+        second.size,
+    )
+
+
 def _mask_handle(request: pb2.DetectAnomaliesRequest) -> pb2.SharedMemoryHandle | None:
     if not request.HasField("anomaly_mask_params"):
         return None
     params = request.anomaly_mask_params
     current = params.HasField("shared_memory_handle")
     legacy = params.HasField("shared_memory_handle_legacy")
-    if (
-        current
-        and legacy
-        and (params.shared_memory_handle != params.shared_memory_handle_legacy)
-    ):
+    if current and legacy and not _same_segment(params):
         raise invalid(
             "anomaly_mask_params names two different mask segments (fields 2 "
             "and 3); set one of them"

@@ -16,6 +16,9 @@ from dataclasses import dataclass
 
 SHM_DIR = "/dev/shm"
 MAX_NAME_BYTES = 255
+# Segments the agent creates for itself carry this prefix; a client may
+# not name them, or it could read another client's image or write into one.
+AGENT_PREFIX = "edge-agent."
 
 
 class SegmentError(ValueError):
@@ -49,6 +52,11 @@ def normalise_name(raw: str, role: str) -> str:
         )
     if name in (".", ".."):
         raise SegmentError(f"{role}: shared memory name {raw!r} is not allowed")
+    if name.startswith(AGENT_PREFIX):
+        raise SegmentError(
+            f"{role}: shared memory name {raw[:80]!r} names a segment the agent "
+            f"owns (prefix {AGENT_PREFIX!r}); pass a segment your client created"
+        )
     if len(name.encode("utf-8", "surrogateescape")) > MAX_NAME_BYTES:
         raise SegmentError(
             f"{role}: the shared memory name is longer than {MAX_NAME_BYTES} bytes"
@@ -129,10 +137,10 @@ def create_segment(name: str, size: int) -> int:
     try:
         if size > 0:
             os.posix_fallocate(fd, 0, size)
-    except OSError as exc:
+    except BaseException as exc:
         os.close(fd)
         os.unlink(path)
-        if exc.errno == errno.ENOSPC:
+        if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
             raise SegmentError(
                 f"no room in {SHM_DIR} for a segment of {size} bytes"
             ) from exc

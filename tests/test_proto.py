@@ -60,8 +60,10 @@ def test_generated_code_is_up_to_date(
 
 def _type_of(field: FieldDescriptor) -> str:
     if field.type == FieldDescriptor.TYPE_MESSAGE:
+        assert field.message_type is not None
         full = field.message_type.full_name
     elif field.type == FieldDescriptor.TYPE_ENUM:
+        assert field.enum_type is not None
         full = field.enum_type.full_name
     else:
         for name, value in SCALAR_TYPES.items():

@@ -47,7 +47,7 @@ def expect_code(call: Callable[[], object], code: grpc.StatusCode) -> str:
         call()
     error = info.value
     assert error.code() == code, error.details()
-    details: str = error.details()
+    details = str(error.details())
     assert details, "every error carries a details text"
     return details
 
