@@ -22,6 +22,7 @@ from frontend.validation import DetectJob, check_name, check_segments, parse_det
 from frontend.worker import WorkerLostError, WorkerProcess
 from shared import messages
 from shared.component import BACKGROUND_COLOR, BACKGROUND_NAME, ModelComponent
+from shared.segments import SegmentError
 
 log = logging.getLogger(__name__)
 
@@ -106,12 +107,18 @@ class EdgeAgentServicer(pb2_grpc.EdgeAgentServicer):
         remaining = context.time_remaining()
         if remaining is not None:
             timeout_s = min(timeout_s, remaining)
+        pool = model.staging
         staging = None
         payload: Any = None
         image = job.image
         if job.inline is not None:
-            if self.config.inline_transport == "staging" and model.staging is not None:
-                staging = model.staging.acquire(job.image_bytes)
+            if self.config.inline_transport == "staging" and pool is not None:
+                try:
+                    staging = pool.acquire(job.image_bytes)
+                except SegmentError as exc:
+                    raise RequestError(
+                        grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc)
+                    ) from None
                 image = staging.write(job.inline)
             else:
                 payload = job.inline
@@ -132,8 +139,8 @@ class EdgeAgentServicer(pb2_grpc.EdgeAgentServicer):
                 f"model {model.name} gave no answer within {timeout_s:g} s",
             ) from None
         finally:
-            if staging is not None and model.staging is not None:
-                model.staging.release(staging)
+            if staging is not None and pool is not None:
+                pool.release(staging)
         if isinstance(reply, messages.ErrorReply):
             code = (
                 grpc.StatusCode.INVALID_ARGUMENT

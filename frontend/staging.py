@@ -78,6 +78,7 @@ class StagingPool:
         self._free: list[StagingSegment] = []
         self._count = 0
         self._serial = 0
+        self._closed = False
 
     def acquire(self, size: int) -> StagingSegment:
         """A segment of at least ``size`` bytes; release it after the reply."""
@@ -101,10 +102,15 @@ class StagingPool:
         return StagingSegment(name=name, capacity=capacity, region=region)
 
     def release(self, segment: StagingSegment) -> None:
+        if self._closed:
+            # The model stopped while this request held the segment.
+            self._destroy(segment)
+            return
         self._free.append(segment)
         self._free.sort(key=lambda s: s.capacity)
 
     def close(self) -> None:
+        self._closed = True
         while self._free:
             self._destroy(self._free.pop())
 

@@ -67,11 +67,11 @@ def describe_exit(returncode: int) -> str:
     except ValueError:
         name = f"signal {signum}"
     hints = {
-        signal.SIGKILL: " (out of memory, or killed by an operator)",
-        signal.SIGBUS: " (a client's segment shrank while it was read?)",
-        signal.SIGSEGV: " (a crash in the runtime)",
+        int(signal.SIGKILL): " (out of memory, or killed by an operator)",
+        int(signal.SIGBUS): " (a client's segment shrank while it was read?)",
+        int(signal.SIGSEGV): " (a crash in the runtime)",
     }
-    return f"was killed by {name}{hints.get(signal.Signals(signum), '')}"
+    return f"was killed by {name}{hints.get(signum, '')}"
 
 
 class WorkerProcess:
@@ -124,8 +124,10 @@ class WorkerProcess:
             "--heartbeat-interval-s", str(self.settings.heartbeat_interval_s),
             "--log-level", self.settings.log_level,
         ]  # fmt: skip
+        # numpy's BLAS pool is never used by a worker; one thread is enough.
+        env = {**os.environ, "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1"}
         self.process = await asyncio.create_subprocess_exec(
-            *command, stdin=asyncio.subprocess.DEVNULL
+            *command, stdin=asyncio.subprocess.DEVNULL, env=env
         )
         self.pid = self.process.pid
         log.info(

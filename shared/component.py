@@ -38,7 +38,7 @@ def check_component_name(name: str) -> str | None:
     """Say what is wrong with a component name, or None when it is valid."""
     if not name:
         return "model_component is empty; give the name of a model component"
-    if not _NAME_RE.match(name):
+    if not _NAME_RE.fullmatch(name):
         return (
             f"model_component {name[:140]!r} is not a valid name: use 1 to 128 "
             "letters, digits, '.', '-' or '_', starting with a letter or digit"
@@ -91,9 +91,11 @@ def _require(data: dict[str, Any], key: str, kind: type | tuple[type, ...]) -> A
     if isinstance(value, bool) and kind is not bool:
         raise ComponentError(f"{MANIFEST_FILE}: {key!r} must not be a boolean")
     if not isinstance(value, kind):
+        kinds = kind if isinstance(kind, tuple) else (kind,)
+        expected = " or ".join(k.__name__ for k in kinds)
         raise ComponentError(
             f"{MANIFEST_FILE}: {key!r} has type {type(value).__name__}, "
-            f"expected {getattr(kind, '__name__', kind)}"
+            f"expected {expected}"
         )
     return value
 
@@ -124,7 +126,7 @@ def _parse_labels(data: dict[str, Any], kind: str) -> tuple[Label, ...]:
             raise ComponentError(f"{MANIFEST_FILE}: labels[{index}] is no object")
         name = _require(item, "name", str)
         color = _require(item, "color", str)
-        if not _COLOR_RE.match(color):
+        if not _COLOR_RE.fullmatch(color):
             raise ComponentError(
                 f"{MANIFEST_FILE}: labels[{index}].color {color!r} must be "
                 "#RRGGBB in upper-case hex"

@@ -131,6 +131,8 @@ def decode(frames: list[Any]) -> tuple[Record, Any]:
         raise ProtocolError(f"unknown message type {tag!r}")
     try:
         fields = json.loads(bytes(frames[1]))
+        if not isinstance(fields, dict):
+            raise ProtocolError(f"{tag.decode()} header is not a JSON object")
         for key in ("image", "mask"):
             if isinstance(fields.get(key), dict):
                 fields[key] = SegmentRef(**fields[key])

@@ -38,6 +38,7 @@ from shared.logs import configure_logging
 from shared.segments import SegmentError
 from workers.mapping import SegmentCache
 from workers.model import ModelLoadError, ModelRunner
+from workers.pinning import parse_cores, pin_all_threads
 
 log = logging.getLogger(__name__)
 
@@ -263,8 +264,8 @@ def main(argv: list[str] | None = None) -> int:
     # they stop, after the requests they hold are answered.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    cores = [int(c) for c in args.cores.split(",")]
-    psutil.Process().cpu_affinity(cores)
+    cores = parse_cores(args.cores)
+    pin_all_threads(cores)
 
     context = zmq.Context()
     socket: zmq.Socket[bytes] = context.socket(zmq.DEALER)

@@ -68,18 +68,38 @@ class ModelRunner:
             raise ModelLoadError(
                 f"the graph must take one input named {INPUT_NAME!r}; it takes {names}"
             )
-        if inputs[0].type != "tensor(uint8)" or len(inputs[0].shape) != 3:
+        shape = inputs[0].shape
+        if (
+            inputs[0].type != "tensor(uint8)"
+            or len(shape) != 3
+            or shape[2] != 3
+            or isinstance(shape[0], int)
+            or isinstance(shape[1], int)
+        ):
             raise ModelLoadError(
-                f"input {INPUT_NAME!r} must be uint8 [height, width, 3]; it is "
-                f"{inputs[0].type} {inputs[0].shape}"
+                f"input {INPUT_NAME!r} must be uint8 [height, width, 3] with "
+                f"height and width dynamic; it is {inputs[0].type} {shape}"
             )
-        present = {o.name for o in self._session.get_outputs()}
+        present = {o.name: o for o in self._session.get_outputs()}
         missing = [name for name in self._outputs if name not in present]
         if missing:
             raise ModelLoadError(
                 f"the graph lacks output(s) {missing} that a "
                 f"{self.component.kind} component must have"
             )
+        expected = {
+            SCORE_OUTPUT: ("tensor(float)", None),
+            MASK_OUTPUT: ("tensor(uint8)", 2),
+        }
+        for name in self._outputs:
+            dtype, rank = expected[name]
+            output = present[name]
+            if output.type != dtype or (rank is not None and len(output.shape) != rank):
+                raise ModelLoadError(
+                    f"output {name!r} must be {dtype}"
+                    + (f" of rank {rank}" if rank else "")
+                    + f"; it is {output.type} {output.shape}"
+                )
 
     def warm_up(self, runs: int = 3) -> float:
         """Run the graph on blank images of the working size; return seconds."""
