@@ -9,7 +9,7 @@ DEFAULT_SOCKET = "unix:///tmp/aws.iot.lookoutvision.EdgeAgent.sock"
 MIB = 1024 * 1024
 
 # Inline images go to the worker through a frontend-owned staging segment
-# ("staging") or as a ZeroMQ frame ("frame"); docs/benchmarks-inline.md
+# ("staging") or as a ZeroMQ frame ("frame"); docs/latency.md
 # has the measurement behind the default.
 INLINE_TRANSPORTS = ("staging", "frame")
 

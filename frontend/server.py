@@ -30,6 +30,7 @@ import grpc
 from frontend._proto import edge_agent_pb2_grpc as pb2_grpc
 from frontend.config import AgentConfig
 from frontend.errors import RequestError
+from frontend.runs import remove_dead_run_dirs
 from frontend.servicer import EdgeAgentServicer
 from frontend.staging import remove_dead_runs_segments
 from frontend.supervisor import Supervisor
@@ -121,6 +122,7 @@ async def serve(config: AgentConfig) -> int:
     socket_path = config.socket_path
     lock = claim_socket(socket_path) if socket_path is not None else None
     remove_dead_runs_segments()
+    remove_dead_run_dirs()
     supervisor = Supervisor(config)
     server = build_server(config, supervisor)
     try:

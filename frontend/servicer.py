@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
+from collections.abc import Callable
 from typing import Any
 
 import grpc
@@ -27,6 +29,13 @@ from shared.segments import SegmentError
 log = logging.getLogger(__name__)
 
 Context = grpc.aio.ServicerContext[Any, Any]
+Reply = asyncio.Future[tuple[messages.Record, Any]]
+
+_ERROR_CODES = {
+    messages.KIND_INVALID_ARGUMENT: grpc.StatusCode.INVALID_ARGUMENT,
+    messages.KIND_INTERNAL: grpc.StatusCode.INTERNAL,
+    messages.KIND_DEADLINE: grpc.StatusCode.DEADLINE_EXCEEDED,
+}
 
 
 def _status(state: ModelState) -> pb2.ModelStatus.ValueType:
@@ -87,26 +96,38 @@ class EdgeAgentServicer(pb2_grpc.EdgeAgentServicer):
         try:
             job = parse_detect(request)
             model = self.supervisor.get(job.model)
-            async with model.admit() as worker:
+            timeout_s, client_limited = self._timeout(context)
+            worker, release = model.admit()
+            try:
                 check_segments(job)
-                result = await self._detect(model, worker, job, context)
+                future = self._dispatch(model, worker, job, timeout_s, release)
+            except BaseException:
+                release()
+                raise
+            result = await self._reply(model, job, future, timeout_s, client_limited)
         except RequestError as exc:
             await context.abort(exc.code, exc.details)
         return pb2.DetectAnomaliesResponse(detect_anomaly_result=result)
 
-    async def _detect(
+    def _timeout(self, context: Context) -> tuple[float, bool]:
+        """Seconds to wait for the worker, and whether the client set them."""
+        timeout_s = self.config.request_timeout_s
+        remaining = context.time_remaining()
+        if remaining is not None and remaining < timeout_s:
+            return max(remaining, 0.0), True
+        return timeout_s, False
+
+    def _dispatch(
         self,
         model: Model,
         worker: WorkerProcess,
         job: DetectJob,
-        context: Context,
-    ) -> pb2.DetectAnomalyResult:
+        timeout_s: float,
+        release: Callable[[], None],
+    ) -> Reply:
+        """Send the job to the worker; its slot is released with the reply."""
         component = model.component
         assert component is not None
-        timeout_s = self.config.request_timeout_s
-        remaining = context.time_remaining()
-        if remaining is not None:
-            timeout_s = min(timeout_s, remaining)
         pool = model.staging
         staging = None
         payload: Any = None
@@ -128,28 +149,56 @@ class EdgeAgentServicer(pb2_grpc.EdgeAgentServicer):
             height=job.height,
             image=image,
             mask=job.mask if component.is_segmentation else None,
+            deadline_s=time.monotonic() + timeout_s,
         )
+
+        def finished(future: Reply) -> None:
+            # The worker is done with the staging segment and the slot only
+            # now, whether or not a client still waits for the answer.
+            if staging is not None and pool is not None:
+                pool.release(staging)
+            release()
+            if not future.cancelled():
+                future.exception()  # retrieved: nobody may be waiting
+
         try:
-            reply, reply_payload = await worker.call(request, payload, timeout_s)
+            future = worker.submit(request, payload)
+        except WorkerLostError as exc:
+            if staging is not None and pool is not None:
+                pool.release(staging)
+            raise RequestError(grpc.StatusCode.INTERNAL, str(exc)) from None
+        future.add_done_callback(finished)
+        return future
+
+    async def _reply(
+        self,
+        model: Model,
+        job: DetectJob,
+        future: Reply,
+        timeout_s: float,
+        client_limited: bool,
+    ) -> pb2.DetectAnomalyResult:
+        try:
+            reply, payload = await asyncio.wait_for(asyncio.shield(future), timeout_s)
         except WorkerLostError as exc:
             raise RequestError(grpc.StatusCode.INTERNAL, str(exc)) from None
         except asyncio.TimeoutError:
+            if client_limited:
+                raise RequestError(
+                    grpc.StatusCode.DEADLINE_EXCEEDED,
+                    f"the client's deadline passed before model {model.name} answered",
+                ) from None
             raise RequestError(
                 grpc.StatusCode.INTERNAL,
-                f"model {model.name} gave no answer within {timeout_s:g} s",
+                f"model {model.name} gave no answer within {timeout_s:g} s "
+                "(the agent's request timeout)",
             ) from None
-        finally:
-            if staging is not None and pool is not None:
-                pool.release(staging)
         if isinstance(reply, messages.ErrorReply):
-            code = (
-                grpc.StatusCode.INVALID_ARGUMENT
-                if reply.kind == messages.KIND_INVALID_ARGUMENT
-                else grpc.StatusCode.INTERNAL
-            )
+            code = _ERROR_CODES.get(reply.kind, grpc.StatusCode.INTERNAL)
             raise RequestError(code, reply.message)
         assert isinstance(reply, messages.DetectReply)
-        return _result(component, job, reply, reply_payload)
+        assert model.component is not None
+        return _result(model.component, job, reply, payload)
 
     async def StartModel(
         self, request: pb2.StartModelRequest, context: Context

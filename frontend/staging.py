@@ -17,8 +17,7 @@ import mmap
 import os
 from dataclasses import dataclass
 
-import psutil
-
+from frontend.runs import is_live_run, run_token
 from shared.segments import (
     AGENT_PREFIX,
     SHM_DIR,
@@ -33,10 +32,6 @@ PREFIX = AGENT_PREFIX
 _ALIGN = 1 << 20
 
 
-def _run_token(process: psutil.Process) -> str:
-    return f"{process.pid}.{int(process.create_time() * 1000)}"
-
-
 def remove_dead_runs_segments() -> int:
     """Unlink staging segments left by agents that are no longer running."""
     removed = 0
@@ -46,11 +41,7 @@ def remove_dead_runs_segments() -> int:
         parts = name.split(".", 3)
         if len(parts) != 4 or not (parts[1].isdigit() and parts[2].isdigit()):
             continue
-        try:
-            alive = _run_token(psutil.Process(int(parts[1]))) == ".".join(parts[1:3])
-        except psutil.NoSuchProcess:
-            alive = False
-        if not alive:
+        if not is_live_run(parts[1], parts[2]):
             unlink_segment(name)
             removed += 1
     if removed:
@@ -73,7 +64,7 @@ class StagingPool:
     """Staging segments for one model, at most ``limit`` of them."""
 
     def __init__(self, model: str, limit: int) -> None:
-        self._prefix = f"{PREFIX}{_run_token(psutil.Process())}.{model}-"
+        self._prefix = f"{PREFIX}{run_token()}.{model}-"
         self._limit = limit
         self._free: list[StagingSegment] = []
         self._count = 0

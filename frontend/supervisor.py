@@ -18,10 +18,10 @@ import asyncio
 import contextlib
 import enum
 import logging
-import tempfile
+import signal
 import time
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import Callable
 from pathlib import Path
 
 import grpc
@@ -31,6 +31,7 @@ import zmq.asyncio
 from frontend.config import AgentConfig
 from frontend.cores import CoreAllocator
 from frontend.errors import RequestError
+from frontend.runs import make_run_dir
 from frontend.staging import StagingPool
 from frontend.worker import WorkerProcess, WorkerSettings, WorkerStartError
 from shared.component import (
@@ -174,11 +175,15 @@ class Model:
         backoff_s = config.restart_backoff_s
         try:
             while not self._stop_requested:
-                cause, served_s = await self._run_worker(component)
+                cause, served_s, client_fault = await self._run_worker(component)
                 if cause is None or self._stop_requested:
                     return
                 now = time.monotonic()
-                crashes.append(now)
+                # A segment truncated under the worker is the client's
+                # fault: restart, but do not let one client mark the model
+                # FAILED for all.
+                if not client_fault:
+                    crashes.append(now)
                 while crashes and now - crashes[0] > config.restart_window_s:
                     crashes.popleft()
                 if served_s > config.restart_window_s:
@@ -207,8 +212,15 @@ class Model:
                 self.staging.close()
                 self.staging = None
 
-    async def _run_worker(self, component: ModelComponent) -> tuple[str | None, float]:
-        """Run one worker until it exits: (cause of a crash or None, seconds)."""
+    async def _run_worker(
+        self, component: ModelComponent
+    ) -> tuple[str | None, float, bool]:
+        """Run one worker until it exits.
+
+        Returns the cause of a crash (None after a requested stop), the
+        seconds it served, and whether the crash was a SIGBUS, which a
+        client causes by truncating a segment the worker reads.
+        """
         supervisor = self.supervisor
         self._incarnation += 1
         worker = WorkerProcess(
@@ -228,7 +240,7 @@ class Model:
             except WorkerStartError as exc:
                 if exc.permanent:
                     raise
-                return str(exc), 0.0
+                return str(exc), 0.0, False
             if self.staging is None:
                 self.staging = StagingPool(self.name, supervisor.config.backlog)
             self._set_state(ModelState.RUNNING)
@@ -240,7 +252,7 @@ class Model:
             cause = await asyncio.shield(worker.exited)
             served_s = time.monotonic() - started
             if self._stop_requested:
-                return None, served_s
+                return None, served_s, False
             lost = worker.lost_requests
             # Lost requests are lost work; a crash between requests is a
             # fault the restart recovers.
@@ -249,7 +261,7 @@ class Model:
                 "Worker model=%s pid=%d %s; %d request(s) failed",
                 self.name, worker.pid, cause, lost,
             )  # fmt: skip
-            return cause, served_s
+            return cause, served_s, worker.returncode == -signal.SIGBUS
         finally:
             try:
                 if not worker.exited.done():
@@ -261,9 +273,13 @@ class Model:
 
     # -- Admission -----------------------------------------------------
 
-    @contextlib.asynccontextmanager
-    async def admit(self) -> AsyncIterator[WorkerProcess]:
-        """Hold one of the model's backlog slots for a request."""
+    def admit(self) -> tuple[WorkerProcess, Callable[[], None]]:
+        """Take one of the model's backlog slots for a request.
+
+        Returns the worker and a release function. The slot is held until
+        the worker has answered or died, not merely until the client gives
+        up: an abandoned request still occupies the worker.
+        """
         worker = self.worker
         if self.state != ModelState.RUNNING or worker is None:
             detail = f" ({self.status_message})" if self.status_message else ""
@@ -281,12 +297,18 @@ class Model:
             )
         self.admitted += 1
         self._drained.clear()
-        try:
-            yield worker
-        finally:
+        released = False
+
+        def release() -> None:
+            nonlocal released
+            if released:
+                return
+            released = True
             self.admitted -= 1
             if self.admitted == 0:
                 self._drained.set()
+
+        return worker, release
 
 
 class Supervisor:
@@ -297,11 +319,12 @@ class Supervisor:
         self.models: dict[str, Model] = {}
         self.cores = CoreAllocator()
         self.zmq_context = zmq.asyncio.Context()
-        self.run_dir = Path(tempfile.mkdtemp(prefix="edge-agent-run-"))
+        self.run_dir = make_run_dir()
         self.worker_settings = WorkerSettings(
             heartbeat_interval_s=config.heartbeat_interval_s,
             heartbeat_timeout_s=config.heartbeat_timeout_s,
             start_timeout_s=config.start_timeout_s,
+            request_timeout_s=config.request_timeout_s,
             log_level=config.log_level,
         )
         self.rescan()

@@ -54,6 +54,7 @@ class WorkerSettings:
     heartbeat_interval_s: float
     heartbeat_timeout_s: float
     start_timeout_s: float
+    request_timeout_s: float
     log_level: str
 
 
@@ -170,26 +171,31 @@ class WorkerProcess:
             permanent=False,
         )
 
-    async def call(
-        self, request: messages.DetectRequest, payload: Any, timeout_s: float
-    ) -> tuple[messages.Record, Any]:
-        """Send one request and wait for its reply; raise WorkerLostError."""
+    def submit(
+        self, request: messages.DetectRequest, payload: Any
+    ) -> asyncio.Future[tuple[messages.Record, Any]]:
+        """Send one request; the future ends with its reply or WorkerLostError.
+
+        The future stays pending until the worker answers or dies, even when
+        the caller stops waiting for it.
+        """
         if self.exited.done():
             raise WorkerLostError(f"the worker {self.exited.result()}")
         future: asyncio.Future[tuple[messages.Record, Any]] = (
             asyncio.get_running_loop().create_future()
         )
-        self._pending[request.id] = future
+        request_id = request.id
+        self._pending[request_id] = future
+        future.add_done_callback(lambda _: self._pending.pop(request_id, None))
         try:
-            try:
-                self.socket.send_multipart(
-                    messages.encode(request, payload), flags=zmq.NOBLOCK, copy=False
-                )
-            except zmq.ZMQError as exc:
-                raise WorkerLostError(f"cannot reach the worker: {exc}") from exc
-            return await asyncio.wait_for(future, timeout_s)
-        finally:
-            self._pending.pop(request.id, None)
+            # Never blocks: there is no high-water mark, admission bounds it.
+            self.socket.send_multipart(
+                messages.encode(request, payload), flags=zmq.NOBLOCK, copy=False
+            )
+        except zmq.ZMQError as exc:
+            future.cancel()
+            raise WorkerLostError(f"cannot reach the worker: {exc}") from exc
+        return future
 
     def next_id(self) -> int:
         return next(self._ids)
@@ -197,6 +203,10 @@ class WorkerProcess:
     @property
     def pending(self) -> int:
         return len(self._pending)
+
+    @property
+    def returncode(self) -> int | None:
+        return None if self.process is None else self.process.returncode
 
     async def stop(self, timeout_s: float) -> str:
         """Ask the worker to finish and exit; kill it after ``timeout_s``."""
@@ -270,7 +280,12 @@ class WorkerProcess:
         while True:
             await asyncio.sleep(min(self.settings.heartbeat_interval_s, timeout_s / 4))
             silent_s = time.monotonic() - self._last_seen
-            if silent_s > timeout_s:
+            # Heartbeats come between requests, so a worker in the middle of
+            # a long one is silent; it gets as long as a request may take.
+            limit_s = timeout_s
+            if self._pending:
+                limit_s = max(timeout_s, self.settings.request_timeout_s + 1.0)
+            if silent_s > limit_s:
                 log.error(
                     "Worker model=%s pid=%d sent no heartbeat for %.1f s; killing it",
                     self.model, self.pid, silent_s,

@@ -2,8 +2,9 @@
 
 Starts two agents side by side, one per inline transport (staging segment
 or ZeroMQ frame), each serving the bundled model and a near-free test
-model, and alternates requests between the paths so machine noise hits
-all of them alike. Writes docs/latency.md.
+model, and alternates requests between the paths, in an order reversed
+every round, so machine noise hits all of them alike. Writes
+docs/latency.md.
 
 Run: ``.venv/bin/python scripts/measure_latency.py [--repeats N]``
 """
@@ -168,8 +169,13 @@ def main() -> int:
             for call in paths.values():
                 for _ in range(5):
                     call()
-            for _ in range(args.repeats):
-                for name, call in paths.items():
+            for round_ in range(args.repeats):
+                # Reverse the order every other round: whichever path runs
+                # right after another pays for its cache and scheduler traces.
+                order = list(paths.items())
+                if round_ % 2:
+                    order.reverse()
+                for name, call in order:
                     begin = time.perf_counter()
                     call()
                     times[name].append((time.perf_counter() - begin) * 1000)

@@ -19,6 +19,7 @@ from shared.segments import SegmentRef
 # each to a gRPC status.
 KIND_INVALID_ARGUMENT = "invalid_argument"
 KIND_INTERNAL = "internal"
+KIND_DEADLINE = "deadline"
 
 
 class ProtocolError(ValueError):
@@ -40,6 +41,9 @@ class DetectRequest:
     height: int
     image: SegmentRef | None = None
     mask: SegmentRef | None = None
+    # CLOCK_MONOTONIC seconds (system-wide on Linux) after which nobody
+    # waits for the answer; 0 for none.
+    deadline_s: float = 0.0
 
 
 @dataclass(frozen=True)

@@ -116,6 +116,15 @@ class Worker:
                 log.error("Dropping an unexpected %s message", type(record).__name__)
 
     def handle(self, request: messages.DetectRequest, payload: object) -> None:
+        if request.deadline_s and time.monotonic() > request.deadline_s:
+            # Its client has gone: running it would only delay the next.
+            expired = messages.ErrorReply(
+                id=request.id,
+                kind=messages.KIND_DEADLINE,
+                message="the request's deadline passed before the worker reached it",
+            )
+            self.socket.send_multipart(messages.encode(expired))
+            return
         start = time.perf_counter()
         try:
             frames = self.detect(request, payload)

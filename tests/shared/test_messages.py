@@ -114,7 +114,7 @@ def test_encoded_frames_are_exact() -> None:
         1
     ] == (
         b'{"id":9,"width":64,"height":64,"image":null,'
-        b'"mask":{"name":"m","offset":0,"size":3}}'
+        b'"mask":{"name":"m","offset":0,"size":3},"deadline_s":0.0}'
     )
 
 
