@@ -1,0 +1,151 @@
+"""The edge-agent command against a real agent serving the bundled model."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from tests.agent import ROOT, Agent, running_agent, wait_until
+from tests.model_factory import write_component
+
+SAMPLES = ROOT / "samples"
+
+
+@pytest.fixture(scope="module")
+def bundled(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Agent]:
+    models = tmp_path_factory.mktemp("bundled")
+    shutil.copytree(ROOT / "models" / "brick-texture", models / "brick-texture")
+    write_component(models, "slow")
+    yield from running_agent(models, "--start", "brick-texture")
+
+
+def cli(
+    agent: Agent, *args: str, check: bool = True
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "frontend", *args, "--socket", agent.address],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=check,
+        cwd=ROOT,
+    )
+
+
+def client_segments() -> set[str]:
+    return {n for n in os.listdir("/dev/shm") if n.startswith("edge-agent-client")}
+
+
+@pytest.mark.parametrize("sample", sorted((SAMPLES / "defective").glob("*.png")))
+@pytest.mark.parametrize("inline", [False, True])
+def test_defective_samples_are_anomalous(
+    bundled: Agent, sample: Path, inline: bool
+) -> None:
+    bundled.wait_status("brick-texture", "RUNNING")
+    before = client_segments()
+    out = cli(bundled, "detect", str(sample), *(["--inline"] if inline else []))
+    result = json.loads(out.stdout)
+    assert result["is_anomalous"] is True
+    assert result["anomaly_score"] >= result["anomaly_threshold"] == 0.5
+    names = [a["name"] for a in result["anomalies"]]
+    assert names == ["background", "anomaly"]
+    assert client_segments() == before, "the client removes its segment"
+
+
+@pytest.mark.parametrize("sample", sorted((SAMPLES / "good").glob("*.png")))
+def test_good_samples_are_normal(bundled: Agent, sample: Path) -> None:
+    bundled.wait_status("brick-texture", "RUNNING")
+    result = json.loads(cli(bundled, "detect", str(sample)).stdout)
+    assert result["is_anomalous"] is False
+    assert result["anomaly_score"] < 0.5
+    assert result["confidence"] == pytest.approx(1 - result["anomaly_score"], abs=1e-5)
+    assert [a["name"] for a in result["anomalies"]] == ["background"]
+
+
+@pytest.mark.parametrize("in_segment", [False, True])
+def test_mask_is_saved_as_png(bundled: Agent, tmp_path: Path, in_segment: bool) -> None:
+    bundled.wait_status("brick-texture", "RUNNING")
+    sample = SAMPLES / "defective" / "bright-blob.png"
+    mask_path = tmp_path / "mask.png"
+    extra = ["--mask-in-segment"] if in_segment else []
+    result = json.loads(
+        cli(bundled, "detect", str(sample), "--mask", str(mask_path), *extra).stdout
+    )
+    mask = np.asarray(Image.open(mask_path).convert("RGB"))
+    with Image.open(sample) as picture:
+        assert mask.shape == (picture.height, picture.width, 3)
+    red = np.all(mask == (255, 0, 0), axis=2)
+    white = np.all(mask == (255, 255, 255), axis=2)
+    assert np.all(red | white)
+    area = {a["name"]: a["total_percentage_area"] for a in result["anomalies"]}
+    assert area["anomaly"] == pytest.approx(red.mean(), abs=1e-5)
+    truth = np.asarray(Image.open(SAMPLES / "defective_masks" / sample.name)) > 0
+    if truth.ndim == 3:
+        truth = truth.any(axis=2)
+    assert (red & truth).sum() > 0.5 * truth.sum(), "the mask covers the defect"
+
+
+def test_model_commands(bundled: Agent) -> None:
+    models = json.loads(cli(bundled, "models").stdout)
+    assert {m["model_component"]: m["status"] for m in models} == {
+        "brick-texture": "RUNNING",
+        "slow": "STOPPED",
+    }
+    assert cli(bundled, "start", "slow").stdout.strip() == "STARTING"
+    bundled.wait_status("slow", "RUNNING")
+    described = json.loads(cli(bundled, "describe", "slow").stdout)
+    assert described["status"] == "RUNNING"
+    assert described["lookout_vision_model_arn"].endswith("slow/1.0.0")
+    again = cli(bundled, "start", "slow", check=False)
+    assert again.returncode == 1
+    assert "FAILED_PRECONDITION" in again.stderr and "already RUNNING" in again.stderr
+    assert cli(bundled, "stop", "slow").stdout.strip() == "STOPPED"
+    waited = cli(bundled, "start", "slow", "--wait")
+    assert json.loads(waited.stdout.split("\n", 1)[1])["status"] == "RUNNING"
+    cli(bundled, "stop", "slow")
+
+
+def test_unreadable_image_is_a_clear_error(bundled: Agent, tmp_path: Path) -> None:
+    bogus = tmp_path / "not-an-image.png"
+    bogus.write_text("hello")
+    out = cli(bundled, "detect", str(bogus), check=False)
+    assert out.returncode == 1
+    assert "cannot read image" in out.stderr
+
+
+def test_ctrl_c_removes_the_client_segment(bundled: Agent, tmp_path: Path) -> None:
+    """A detect interrupted while it waits still removes its segment."""
+    if bundled.status("slow") != "RUNNING":
+        bundled.start_model("slow")
+    image = np.zeros((64, 64, 3), np.uint8)
+    image[0, 0, 0] = 60  # about 2 s of work
+    path = tmp_path / "slow.png"
+    Image.fromarray(image).save(path)
+    before = client_segments()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "frontend", "detect", str(path), "--model", "slow",
+         "--socket", bundled.address],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        cwd=ROOT,
+    )  # fmt: skip
+    try:
+        wait_until(lambda: client_segments() - before, 20, "the client's segment")
+        process.send_signal(signal.SIGINT)
+        assert process.wait(timeout=20) == 130
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    assert client_segments() == before
+    cli(bundled, "stop", "slow")
