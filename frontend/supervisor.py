@@ -71,6 +71,7 @@ class Model:
         self.staging: StagingPool | None = None
         self.admitted = 0
         self.restarts = 0
+        self._last_crash = ""
         self._drained = asyncio.Event()
         self._drained.set()
         self._stop_requested = False
@@ -106,6 +107,8 @@ class Model:
         self._check_memory(component)
         self.component = component
         self._stop_requested = False
+        self.restarts = 0
+        self._last_crash = ""
         self._set_state(ModelState.STARTING, "loading")
         self._lifecycle = asyncio.create_task(
             self._run_lifecycle(component), name=f"lifecycle-{self.name}"
@@ -197,6 +200,7 @@ class Model:
                     self._set_state(ModelState.FAILED, message)
                     return
                 self.restarts += 1
+                self._last_crash = cause
                 self._set_state(ModelState.STARTING, f"restarting: {cause}")
                 log.warning(
                     "Restarting model=%s in %.1f s: %s", self.name, backoff_s, cause
@@ -243,7 +247,14 @@ class Model:
                 return str(exc), 0.0, False
             if self.staging is None:
                 self.staging = StagingPool(self.name, supervisor.config.backlog)
-            self._set_state(ModelState.RUNNING)
+            self._check_pinning(worker)
+            # After a restart the message keeps telling the operator why.
+            self._set_state(
+                ModelState.RUNNING,
+                f"restarted {self.restarts} time(s); last cause: {self._last_crash}"
+                if self.restarts
+                else "",
+            )
             log.info(
                 "Model ready model=%s pid=%d cores=%s (load %.2f s, warm-up %.2f s)",
                 self.name, ready.pid, ready.cores, ready.load_s, ready.warmup_s,
@@ -270,6 +281,23 @@ class Model:
             finally:
                 self.worker = None
                 await worker.close()
+
+    def _check_pinning(self, worker: WorkerProcess) -> None:
+        """Confirm every thread of the worker runs on its cores only."""
+        try:
+            threads = psutil.Process(worker.pid).threads()
+            stray = {
+                t.id
+                for t in threads
+                if sorted(psutil.Process(t.id).cpu_affinity() or []) != worker.cores
+            }
+        except psutil.Error:
+            return  # it died meanwhile; the exit watcher reports it
+        if stray:
+            log.warning(
+                "Worker model=%s pid=%d has %d thread(s) outside cores %s",
+                self.name, worker.pid, len(stray), worker.cores,
+            )  # fmt: skip
 
     # -- Admission -----------------------------------------------------
 

@@ -230,7 +230,9 @@ def test_sigkill_of_worker_mid_request_fails_it_fast_and_recovers(
         fresh = new_worker(agent, "slow", {worker.pid})
         assert gone(worker.pid)
         assert_ok(detect(agent.stub, shm_request("slow", slow_image(3), seg)), 3)
-        assert description(agent, "slow").status_message == ""
+        message = description(agent, "slow").status_message
+        assert message.startswith("restarted 1 time(s); last cause:"), message
+        assert "SIGKILL" in message, message
         # Only client segments were used: the agent made none of its own.
         assert agent_segments(agent.pid) == []
         pids = [worker.pid, fresh.pid]
