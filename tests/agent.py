@@ -8,6 +8,7 @@ agent by its pid and checks that no worker outlived it.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -167,3 +168,6 @@ def running_agent(
         pid = agent.pid
         agent.close()
         assert agent_segments(pid) == [], "the agent left staging segments"
+
+
+agent_context = contextlib.contextmanager(running_agent)

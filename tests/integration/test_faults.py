@@ -34,12 +34,10 @@ import pytest
 from frontend._proto import edge_agent_pb2 as pb2
 from frontend._proto import edge_agent_pb2_grpc as pb2_grpc
 from frontend.client import ClientSegment
-from tests.agent import ROOT, Agent, agent_segments, running_agent, wait_until
+from tests.agent import ROOT, Agent, agent_context, agent_segments, wait_until
 
 SIDE = 64
 IMAGE_BYTES = SIDE * SIDE * 3
-
-agent_context = contextlib.contextmanager(running_agent)
 
 
 # -- Requests -------------------------------------------------------------
