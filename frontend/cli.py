@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import json
 import logging
+import os
 import signal
 import sys
 import time
@@ -89,16 +90,24 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _octal_mode(text: str) -> int:
+    try:
+        return int(text, 8)
+    except ValueError:
+        raise ValueError(
+            f"socket_mode {text!r} is not an octal file mode such as 0660"
+        ) from None
+
+
 def _run_serve(args: argparse.Namespace) -> int:
     from frontend.server import EXIT_CONFIG_ERROR, StartupError, serve
     from shared.logs import configure_logging
 
-    configure_logging(args.log_level, role="frontend")
     try:
         config = AgentConfig(
             socket=args.socket,
             tcp_address=args.tcp,
-            socket_mode=int(args.socket_mode, 8),
+            socket_mode=_octal_mode(args.socket_mode),
             model_dir=args.model_dir,
             autostart=tuple(args.start),
             grace_s=args.grace_s,
@@ -109,8 +118,9 @@ def _run_serve(args: argparse.Namespace) -> int:
             log_level=args.log_level,
         )
     except ValueError as exc:
-        log.error("Bad configuration: %s", exc)
+        print(f"edge-agent serve: bad configuration: {exc}", file=sys.stderr)
         return EXIT_CONFIG_ERROR
+    configure_logging(config.log_level, role="frontend")
     try:
         return asyncio.run(serve(config))
     except StartupError as exc:
@@ -119,14 +129,24 @@ def _run_serve(args: argparse.Namespace) -> int:
 
 
 def _read_image(path: Path) -> Any:
-    import numpy as np
-    from PIL import Image, UnidentifiedImageError
+    from shared.images import ImageError, load_rgb
 
     try:
-        with Image.open(path) as picture:
-            return np.asarray(picture.convert("RGB"))
-    except (OSError, UnidentifiedImageError) as exc:
-        raise SystemExit(f"edge-agent: cannot read image {path}: {exc}") from None
+        return load_rgb(path)
+    except ImageError as exc:
+        raise SystemExit(f"edge-agent: {exc}") from None
+
+
+def _save_mask(mask: Any, path: Path) -> None:
+    from PIL import Image
+
+    try:
+        Image.fromarray(mask).save(path)
+    except (OSError, ValueError) as exc:
+        raise SystemExit(
+            f"edge-agent: cannot save the mask as {path}: {exc} (give a .png path "
+            "in an existing folder)"
+        ) from None
 
 
 def _running_model(client: Any) -> str:
@@ -154,11 +174,16 @@ def _run_client(args: argparse.Namespace) -> int:
                 inline=args.inline,
                 want_mask_in_segment=args.mask_in_segment,
             )
-            if args.mask is not None and result.mask is not None:
-                from PIL import Image
-
-                Image.fromarray(result.mask).save(args.mask)
             print(json.dumps(result.as_dict(), indent=2))
+            if args.mask is not None:
+                if result.mask is None:
+                    print(
+                        f"edge-agent: model {model} returns no mask (it is a "
+                        "classification model); nothing saved",
+                        file=sys.stderr,
+                    )
+                else:
+                    _save_mask(result.mask, args.mask)
         elif args.command == "models":
             print(json.dumps(client.models(), indent=2))
         elif args.command == "describe":
@@ -209,3 +234,8 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        # The reader (head, a closed pager) left; that is no error of ours.
+        # Point stdout at /dev/null so the flush at exit does not fail too.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0

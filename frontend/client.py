@@ -129,8 +129,13 @@ class EdgeAgentClient:
         inline: bool = False,
         want_mask_in_segment: bool = False,
     ) -> Detection:
-        """Score an HxWx3 uint8 RGB image."""
-        image = np.ascontiguousarray(image, dtype=np.uint8)
+        """Score an HxWx3 uint8 RGB image (byte 0 red)."""
+        if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
+            raise TypeError(
+                f"images must be uint8 arrays of shape (height, width, 3), RGB; "
+                f"got {image.dtype} {image.shape}"
+            )
+        image = np.ascontiguousarray(image)
         height, width = image.shape[:2]
         size = image.nbytes
         request = pb2.DetectAnomaliesRequest(model_component=model)

@@ -12,6 +12,20 @@ MIB = 1024 * 1024
 # ("staging") or as a ZeroMQ frame ("frame"); docs/latency.md
 # has the measurement behind the default.
 INLINE_TRANSPORTS = ("staging", "frame")
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+
+
+def parse_tcp_address(address: str) -> tuple[str, int]:
+    """``PORT`` alone means loopback; ``HOST:PORT`` (``[v6]:PORT``) as given."""
+    host, _, port_text = address.rpartition(":")
+    if not host:
+        host = "127.0.0.1"
+    if not port_text.isdigit() or not 1 <= int(port_text) <= 65535:
+        raise ValueError(
+            f"tcp_address {address!r} needs a port from 1 to 65535, as PORT or "
+            "HOST:PORT"
+        )
+    return host, int(port_text)
 
 
 @dataclass(frozen=True)
@@ -42,13 +56,45 @@ class AgentConfig:
     log_level: str = "INFO"
 
     def __post_init__(self) -> None:
+        """Refuse settings that would leave the agent useless, naming them."""
         if self.inline_transport not in INLINE_TRANSPORTS:
             raise ValueError(
                 f"inline_transport {self.inline_transport!r} is not one of "
                 f"{', '.join(INLINE_TRANSPORTS)}"
             )
-        if self.backlog < 1:
-            raise ValueError("backlog must be at least 1")
+        if self.log_level.upper() not in LOG_LEVELS:
+            raise ValueError(
+                f"log_level {self.log_level!r} is not one of {', '.join(LOG_LEVELS)}"
+            )
+        for name in ("backlog", "max_restarts", "max_concurrent_rpcs"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1")
+        for name in (
+            "request_timeout_s",
+            "heartbeat_interval_s",
+            "start_timeout_s",
+            "stop_timeout_s",
+            "restart_backoff_s",
+            "restart_window_s",
+        ):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be more than 0 seconds")
+        if self.grace_s < 0:
+            raise ValueError("grace_s must not be negative")
+        if self.heartbeat_timeout_s < 2 * self.heartbeat_interval_s:
+            raise ValueError(
+                f"heartbeat_timeout_s must be at least twice the heartbeat "
+                f"interval ({self.heartbeat_interval_s:g} s)"
+            )
+        if not 0 <= self.socket_mode <= 0o777 or self.socket_mode & 0o600 != 0o600:
+            raise ValueError(
+                f"socket_mode {self.socket_mode:o} must be an octal mode that lets "
+                "the owner read and write, such as 0660 or 0600"
+            )
+        if self.max_message_bytes < 64 * MIB:
+            raise ValueError("max_message_bytes must be at least 64 MiB")
+        if self.tcp_address is not None:
+            parse_tcp_address(self.tcp_address)
 
     @property
     def socket_path(self) -> Path | None:

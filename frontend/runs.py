@@ -32,7 +32,11 @@ def is_live_run(pid: str, start_ms: str) -> bool:
     if not (pid.isdigit() and start_ms.isdigit()):
         return True  # not ours to judge
     try:
-        return run_token(psutil.Process(int(pid))) == f"{pid}.{start_ms}"
+        process = psutil.Process(int(pid))
+        # A killed agent its parent has not reaped yet is dead all the same.
+        if process.status() == psutil.STATUS_ZOMBIE:
+            return False
+        return run_token(process) == f"{pid}.{start_ms}"
     except psutil.NoSuchProcess:
         return False
 

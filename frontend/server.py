@@ -22,13 +22,14 @@ import os
 import signal
 import socket
 import stat
+import time
 from pathlib import Path
 from typing import IO
 
 import grpc
 
 from frontend._proto import edge_agent_pb2_grpc as pb2_grpc
-from frontend.config import AgentConfig
+from frontend.config import AgentConfig, parse_tcp_address
 from frontend.errors import RequestError
 from frontend.runs import remove_dead_run_dirs
 from frontend.servicer import EdgeAgentServicer
@@ -47,10 +48,8 @@ class StartupError(Exception):
 
 
 def _tcp_target(address: str) -> str:
-    """``PORT`` alone binds loopback; ``HOST:PORT`` binds as given."""
-    if address.isdigit():
-        return f"127.0.0.1:{address}"
-    return address
+    host, port = parse_tcp_address(address)
+    return f"{host}:{port}"
 
 
 def claim_socket(path: Path) -> IO[str]:
@@ -94,7 +93,7 @@ def claim_socket(path: Path) -> IO[str]:
     raise StartupError(f"a live server already answers on {path}; refusing to start")
 
 
-def build_server(config: AgentConfig, supervisor: Supervisor) -> grpc.aio.Server:
+def build_server(config: AgentConfig, servicer: EdgeAgentServicer) -> grpc.aio.Server:
     limit = config.max_message_bytes
     server = grpc.aio.server(
         options=[
@@ -104,7 +103,7 @@ def build_server(config: AgentConfig, supervisor: Supervisor) -> grpc.aio.Server
         ],
         maximum_concurrent_rpcs=config.max_concurrent_rpcs,
     )
-    pb2_grpc.add_EdgeAgentServicer_to_server(EdgeAgentServicer(supervisor), server)
+    pb2_grpc.add_EdgeAgentServicer_to_server(servicer, server)
     return server
 
 
@@ -121,17 +120,30 @@ async def serve(config: AgentConfig) -> int:
     """Run the agent until SIGTERM or SIGINT; return the exit code."""
     socket_path = config.socket_path
     lock = claim_socket(socket_path) if socket_path is not None else None
+    try:
+        return await _serve(config)
+    finally:
+        if socket_path is not None:
+            socket_path.unlink(missing_ok=True)
+        if lock is not None:
+            lock.close()
+        log.info("Agent stopped")
+
+
+async def _serve(config: AgentConfig) -> int:
     remove_dead_runs_segments()
     remove_dead_run_dirs()
     supervisor = Supervisor(config)
-    server = build_server(config, supervisor)
     try:
+        _check_model_dir(config, supervisor)
+        servicer = EdgeAgentServicer(supervisor)
+        server = build_server(config, servicer)
         _bind(server, config.socket)
         if config.tcp_address:
             _bind(server, _tcp_target(config.tcp_address))
         await server.start()
-        if socket_path is not None:
-            os.chmod(socket_path, config.socket_mode)
+        if config.socket_path is not None:
+            os.chmod(config.socket_path, config.socket_mode)
         log.info(
             "Agent ready on %s%s, %d model component(s) in %s",
             config.socket,
@@ -141,16 +153,48 @@ async def serve(config: AgentConfig) -> int:
         )
         _autostart(config, supervisor)
         await _wait_for_stop_signal()
-        log.info("Stopping agent: grace %g s for accepted requests", config.grace_s)
-        await server.stop(config.grace_s)
+        await _drain(config, servicer, supervisor, server)
         return EXIT_OK
     finally:
         await supervisor.shutdown(config.grace_s)
-        if socket_path is not None:
-            socket_path.unlink(missing_ok=True)
-        if lock is not None:
-            lock.close()
-        log.info("Agent stopped")
+
+
+async def _drain(
+    config: AgentConfig,
+    servicer: EdgeAgentServicer,
+    supervisor: Supervisor,
+    server: grpc.aio.Server,
+) -> None:
+    """Finish accepted requests within the grace period, refusing new ones.
+
+    New work is refused with UNAVAILABLE while the socket still accepts, so
+    a client learns why; then gRPC stops, and the workers after it.
+    """
+    log.info("Stopping agent: grace %g s for accepted requests", config.grace_s)
+    deadline = time.monotonic() + config.grace_s
+    servicer.draining = True
+    if not await supervisor.drain(config.grace_s):
+        log.error(
+            "Requests still unfinished after the grace period of %g s: %s",
+            config.grace_s,
+            supervisor.describe_admitted(),
+        )
+    await server.stop(max(deadline - time.monotonic(), 0.5))
+
+
+def _check_model_dir(config: AgentConfig, supervisor: Supervisor) -> None:
+    if not config.model_dir.is_dir():
+        log.warning(
+            "Model directory %s does not exist; no components until it does",
+            config.model_dir,
+        )
+    unknown = [name for name in config.autostart if name not in supervisor.models]
+    if unknown:
+        known = ", ".join(sorted(supervisor.models)) or "none"
+        raise StartupError(
+            f"cannot start {', '.join(unknown)}: no such component in "
+            f"{config.model_dir} (found: {known})"
+        )
 
 
 def _autostart(config: AgentConfig, supervisor: Supervisor) -> None:

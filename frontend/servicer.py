@@ -89,11 +89,22 @@ class EdgeAgentServicer(pb2_grpc.EdgeAgentServicer):
     def __init__(self, supervisor: Supervisor) -> None:
         self.supervisor = supervisor
         self.config = supervisor.config
+        # Set when the agent stops: new work is refused, accepted work ends.
+        self.draining = False
+
+    def _refuse_when_draining(self) -> None:
+        if self.draining:
+            raise RequestError(
+                grpc.StatusCode.UNAVAILABLE,
+                "the agent is shutting down and takes no new work; retry when "
+                "it is back",
+            )
 
     async def DetectAnomalies(
         self, request: pb2.DetectAnomaliesRequest, context: Context
     ) -> pb2.DetectAnomaliesResponse:
         try:
+            self._refuse_when_draining()
             job = parse_detect(request)
             model = self.supervisor.get(job.model)
             timeout_s, client_limited = self._timeout(context)
@@ -204,6 +215,7 @@ class EdgeAgentServicer(pb2_grpc.EdgeAgentServicer):
         self, request: pb2.StartModelRequest, context: Context
     ) -> pb2.StartModelResponse:
         try:
+            self._refuse_when_draining()
             model = self.supervisor.get(
                 check_name(request.model_component), rescan=True
             )
@@ -217,6 +229,7 @@ class EdgeAgentServicer(pb2_grpc.EdgeAgentServicer):
         self, request: pb2.StopModelRequest, context: Context
     ) -> pb2.StopModelResponse:
         try:
+            self._refuse_when_draining()
             model = self.supervisor.get(check_name(request.model_component))
             state = await model.stop()
         except RequestError as exc:

@@ -85,6 +85,9 @@ class Model:
                 self.component = load_component(self.path)
         return self.component.model_arn if self.component else ""
 
+    async def drained(self) -> None:
+        await self._drained.wait()
+
     def _set_state(self, state: ModelState, message: str = "") -> None:
         self.state = state
         self.status_message = message
@@ -384,6 +387,19 @@ class Supervisor:
                 f"known components: {known}",
             )
         return model
+
+    async def drain(self, timeout_s: float) -> bool:
+        """Wait until no model has admitted requests; False on timeout."""
+        waits = [model.drained() for model in self.models.values()]
+        try:
+            await asyncio.wait_for(asyncio.gather(*waits), timeout_s)
+        except asyncio.TimeoutError:
+            return False
+        return True
+
+    def describe_admitted(self) -> str:
+        busy = [f"{m.name}: {m.admitted}" for m in self.models.values() if m.admitted]
+        return ", ".join(busy) or "none"
 
     async def shutdown(self, grace_s: float) -> None:
         await asyncio.gather(*(m.shutdown(grace_s) for m in self.models.values()))

@@ -16,6 +16,9 @@ from shared.segments import SegmentError, SegmentRef, check_segment, normalise_n
 
 MIN_SIDE = 64
 MAX_SIDE = 4096
+# Cameras pad rows to an alignment of at most a few hundred bytes; a larger
+# surplus is some other mistake, and no stride hint is given for it.
+_MAX_ROW_PADDING = 1024
 
 
 @dataclass(frozen=True)
@@ -55,7 +58,12 @@ def _byte_count_problem(got: int, width: int, height: int, what: str) -> str:
         message += "; got 1 byte per pixel (grayscale?): the agent takes RGB888"
     elif got == pixels * 2:
         message += "; got 2 bytes per pixel (YUV or RGB565?): the agent takes RGB888"
-    elif got > expected and height and got % height == 0:
+    elif (
+        got > expected
+        and height
+        and got % height == 0
+        and (got // height - width * 3 <= _MAX_ROW_PADDING)
+    ):
         message += (
             f"; rows of {got // height} bytes instead of {width * 3} look "
             "padded: send rows packed, without stride padding"
@@ -139,7 +147,21 @@ def parse_detect(request: pb2.DetectAnomaliesRequest) -> DetectJob:
                 f"{width}x{height}x3 = {expected} bytes"
             )
         mask = SegmentRef(name=name, offset=offset, size=size)
+    written = None if mask is None else SegmentRef(mask.name, mask.offset, expected)
+    if image is not None and written is not None and _overlap(image, written):
+        raise invalid(
+            "anomaly_mask_params: the mask's bytes overlap the image's in segment "
+            f"{image.name!r}; the mask would overwrite the image: give it its own "
+            "range or segment"
+        )
     return DetectJob(model, width, height, inline, image, mask)
+
+
+def _overlap(first: SegmentRef, second: SegmentRef) -> bool:
+    return first.name == second.name and (
+        first.offset < second.offset + second.size
+        and second.offset < first.offset + first.size
+    )
 
 
 def check_segments(job: DetectJob) -> None:

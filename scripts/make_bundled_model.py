@@ -176,6 +176,7 @@ def main(argv: list[str] | None = None) -> int:
                 f"{SMALL_CROP}px crops of the top half, grayscale as RGB."
             ),
             progress=print,
+            overwrite=True,
         )
 
     samples = args.samples

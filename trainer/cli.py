@@ -30,6 +30,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--kind", choices=KINDS, default="segmentation")
     parser.add_argument("--version", default="1.0.0", help="MAJOR.MINOR.PATCH")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--force", action="store_true", help="replace an existing component"
+    )
     parser.add_argument("--cores", type=int, default=1)
     parser.add_argument(
         "--input-size",
@@ -55,6 +58,7 @@ def main(argv: list[str] | None = None) -> int:
             seed=args.seed,
             input_size=args.input_size,
             progress=print,
+            overwrite=args.force,
         )
     except TrainingError as exc:
         print(f"edge-agent train: error: {exc}", file=sys.stderr)

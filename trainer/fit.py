@@ -17,8 +17,9 @@ from pathlib import Path
 import numpy as np
 import onnx
 import onnxruntime as ort
-from PIL import Image, UnidentifiedImageError
 
+from shared.component import check_component_name
+from shared.images import ImageError, load_rgb
 from trainer import graph
 
 FORMAT_VERSION = 1
@@ -33,7 +34,6 @@ DEFAULT_BANK_SIZE = 768
 MAX_BANK_CANDIDATES = 100_000
 ANOMALY_LABEL = {"name": "anomaly", "color": "#FF0000"}
 KINDS = ("classification", "segmentation")
-_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,63}$")
 _VERSION_RE = re.compile(r"^\d+\.\d+\.\d+$")
 
 Progress = Callable[[str], None]
@@ -64,12 +64,10 @@ def load_good_images(good_dir: Path) -> list[tuple[Path, np.ndarray]]:
     images = []
     for path in paths:
         try:
-            with Image.open(path) as img:
-                rgb = np.asarray(img.convert("RGB"), dtype=np.uint8)
-        except (UnidentifiedImageError, OSError, ValueError) as exc:
+            rgb = load_rgb(path)
+        except ImageError as exc:
             raise TrainingError(
-                f"cannot read {path} as an image ({exc}); remove it or replace it "
-                "with a valid PNG/JPEG"
+                f"{exc}; remove it or replace it with a valid PNG/JPEG"
             ) from exc
         height, width = rgb.shape[:2]
         if min(height, width) < MIN_SIDE:
@@ -150,11 +148,9 @@ def greedy_coreset(
 def _check_args(
     name: str, kind: str, version: str, cores: int, input_size: tuple[int, int]
 ) -> None:
-    if not _NAME_RE.match(name):
-        raise TrainingError(
-            f"component name {name!r} is invalid; use lower-case letters, digits "
-            "and '-', e.g. 'brick-texture'"
-        )
+    problem = check_component_name(name)
+    if problem is not None:
+        raise TrainingError(problem.replace("model_component", "component name"))
     if kind not in KINDS:
         raise TrainingError(f"kind {kind!r} is invalid; use one of {', '.join(KINDS)}")
     if not _VERSION_RE.match(version):
@@ -183,16 +179,23 @@ def build_component(
     bank_size: int = DEFAULT_BANK_SIZE,
     description: str | None = None,
     progress: Progress | None = None,
+    overwrite: bool = False,
 ) -> Path:
     """Fit a component from the good photos in `good_dir`.
 
     Writes `out_dir/name/{manifest.json,model.onnx}` and returns that folder.
-    Raises TrainingError for unusable inputs.
+    Raises TrainingError for unusable inputs, and when the component exists
+    already unless ``overwrite``: it may be one a running agent serves.
     """
     say = progress or _quiet
     good_dir, out_dir = Path(good_dir), Path(out_dir)
     input_size = (int(input_size[0]), int(input_size[1]))
     _check_args(name, kind, version, cores, input_size)
+    if (out_dir / name).exists() and not overwrite:
+        raise TrainingError(
+            f"{out_dir / name} exists already; pick another name, or replace it "
+            "with --force (stop the model first if an agent serves it)"
+        )
     if bank_size < 1:
         raise TrainingError(f"bank_size must be at least 1, got {bank_size}")
     rng = np.random.default_rng(seed)
@@ -266,12 +269,22 @@ def build_component(
     return component
 
 
+_MIN_THRESHOLD = 1e-6
+
+
 def calibrated_threshold(good_values: Sequence[float]) -> float:
     """Raw threshold from held-out good values: margin x their maximum."""
     worst = max(good_values)
     threshold = CALIBRATION_MARGIN * worst
-    # A threshold of 0 would make s/(s+t) undefined for a perfect match.
-    return threshold if math.isfinite(threshold) and threshold > 1e-6 else 1e-6
+    if not math.isfinite(threshold) or threshold <= _MIN_THRESHOLD:
+        # Every held-out photo matched the memory bank exactly: the photos
+        # are blank or copies, and any real part would score as a defect.
+        raise TrainingError(
+            "the held-out good photos are identical to the training ones "
+            f"(largest distance {worst:.3g}); give photos that show the normal "
+            "variation of good parts, not copies or blank images"
+        )
+    return threshold
 
 
 def build_manifest(

@@ -120,7 +120,7 @@ def test_unreadable_image_is_a_clear_error(bundled: Agent, tmp_path: Path) -> No
     bogus.write_text("hello")
     out = cli(bundled, "detect", str(bogus), check=False)
     assert out.returncode == 1
-    assert "cannot read image" in out.stderr
+    assert "cannot read" in out.stderr and "as an image" in out.stderr
 
 
 def test_ctrl_c_removes_the_client_segment(bundled: Agent, tmp_path: Path) -> None:
@@ -149,3 +149,42 @@ def test_ctrl_c_removes_the_client_segment(bundled: Agent, tmp_path: Path) -> No
             process.wait()
     assert client_segments() == before
     cli(bundled, "stop", "slow")
+
+
+def test_sixteen_bit_photo_scores_like_its_eight_bit_version(
+    bundled: Agent, tmp_path: Path
+) -> None:
+    bundled.wait_status("brick-texture", "RUNNING")
+    gray = np.asarray(Image.open(SAMPLES / "good" / "good_1.png").convert("L"))
+    eight, sixteen = tmp_path / "g8.png", tmp_path / "g16.png"
+    Image.fromarray(gray).save(eight)
+    Image.fromarray(gray.astype(np.uint16) * 257).save(sixteen)
+    first = json.loads(cli(bundled, "detect", str(eight)).stdout)
+    second = json.loads(cli(bundled, "detect", str(sixteen)).stdout)
+    assert second == first
+    assert first["is_anomalous"] is False
+
+
+def test_mask_options_that_cannot_be_met(bundled: Agent, tmp_path: Path) -> None:
+    if bundled.status("slow") != "RUNNING":
+        bundled.start_model("slow")
+    image = np.zeros((64, 64, 3), np.uint8)
+    path = tmp_path / "black.png"
+    Image.fromarray(image).save(path)
+    mask = tmp_path / "m.png"
+    out = cli(bundled, "detect", str(path), "--model", "slow", "--mask", str(mask))
+    assert "returns no mask" in out.stderr
+    assert not mask.exists()
+    cli(bundled, "stop", "slow")
+    sample = str(SAMPLES / "defective" / "chip.png")
+    out = cli(bundled, "detect", sample, "--mask", "/nonexistent/m.png", check=False)
+    assert out.returncode == 1
+    assert "cannot save the mask" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_client_refuses_arrays_that_are_not_rgb888(bundled: Agent) -> None:
+    image = np.zeros((64, 64, 3), np.float64)
+    with pytest.raises(TypeError, match="uint8 arrays of shape"):
+        bundled.client.detect("brick-texture", image)
+    with pytest.raises(TypeError, match="uint8 arrays of shape"):
+        bundled.client.detect("brick-texture", np.zeros((64, 64, 4), np.uint8))

@@ -341,6 +341,7 @@ def test_sigterm_drains_accepted_requests_and_cleans_up(
         wait_until(lambda: "Stopping agent" in agent.log(), 5, "the agent to stop")
         refused = detect(agent.stub, inline_request("red-mean", slow_image(7)), 5)
         assert refused.code == grpc.StatusCode.UNAVAILABLE, str(refused)
+        assert "shutting down" in refused.details, refused.details
 
         for outcome, red in zip(collect(accepted), reds, strict=True):
             assert_ok(outcome, red)

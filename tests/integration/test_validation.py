@@ -470,6 +470,28 @@ def test_mask_params_without_handle_give_the_mask_inline(
     assert len(result.anomaly_mask.byte_data) == NBYTES
 
 
+def test_mask_overlapping_the_image_is_refused(
+    running: Agent, baseline: Baseline, segs: Segments
+) -> None:
+    """A mask written over the image it came from would corrupt the image."""
+    image = _image()
+    shared = segs(2 * NBYTES)
+    for mask_offset, refused in ((0, True), (NBYTES - 1, True), (NBYTES, False)):
+        request = shm_request("color-seg", image, shared)
+        handle = request.anomaly_mask_params.shared_memory_handle
+        handle.name, handle.size, handle.offset = shared.name, NBYTES, mask_offset
+        if refused:
+            details = expect_code(
+                lambda r=request: running.stub.DetectAnomalies(r, timeout=10),
+                INVALID,
+            )
+            assert "overlap" in details and "own range" in details
+        else:
+            result = running.stub.DetectAnomalies(request, timeout=10)
+            assert result.detect_anomaly_result.anomaly_score == pytest.approx(0.625)
+    np.testing.assert_array_equal(shared.array(image.shape), image)
+
+
 def test_segments_the_agent_owns_are_refused(
     running: Agent, baseline: Baseline
 ) -> None:

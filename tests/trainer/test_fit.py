@@ -161,6 +161,46 @@ def test_bad_arguments_are_errors(tmp_path: Path) -> None:
         build_component(good, tmp_path / "m", name="x", input_size=(100, 64))
 
 
+def test_blank_photos_are_an_error(tmp_path: Path) -> None:
+    good = tmp_path / "good"
+    good.mkdir()
+    for i in range(3):
+        Image.new("RGB", (96, 96), (120, 120, 120)).save(good / f"blank{i}.png")
+    with pytest.raises(TrainingError, match="identical to the training ones"):
+        build_component(good, tmp_path / "m", name="x", input_size=SIZE)
+
+
+def test_existing_component_is_kept_unless_forced(tmp_path: Path) -> None:
+    good = _write_good(tmp_path / "good", count=3)
+    first = build_component(good, tmp_path / "m", name="x", input_size=SIZE)
+    before = (first / "model.onnx").stat().st_mtime_ns
+    with pytest.raises(TrainingError, match="exists already"):
+        build_component(good, tmp_path / "m", name="x", input_size=SIZE)
+    assert (first / "model.onnx").stat().st_mtime_ns == before
+    again = build_component(
+        good, tmp_path / "m", name="x", input_size=SIZE, overwrite=True
+    )
+    assert again == first
+
+
+def test_sixteen_bit_photos_are_scaled_not_clipped(tmp_path: Path) -> None:
+    """Pillow's convert("RGB") clips 16-bit gray to white; the builder must not."""
+    colour = _write_good(tmp_path / "colour", count=3)
+    narrow, wide = tmp_path / "good8", tmp_path / "good16"
+    narrow.mkdir()
+    wide.mkdir()
+    for path in sorted(colour.glob("*.png")):
+        gray = np.asarray(Image.open(path).convert("L"))
+        Image.fromarray(gray).save(narrow / path.name)
+        Image.fromarray(gray.astype(np.uint16) * 257).save(wide / path.name)
+    with Image.open(next(wide.glob("*.png"))) as sample:
+        assert sample.mode.startswith("I;16")
+    eight = build_component(narrow, tmp_path / "m8", name="g", input_size=SIZE)
+    sixteen = build_component(wide, tmp_path / "m16", name="g", input_size=SIZE)
+    # g * 257 >> 8 == g: the 16-bit photos must train the very same model.
+    assert (eight / "model.onnx").read_bytes() == (sixteen / "model.onnx").read_bytes()
+
+
 def test_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     good = _write_good(tmp_path / "good", count=3)
     argv = [str(good), "--out", str(tmp_path / "m"), "--name", "cli"]
