@@ -1,12 +1,17 @@
 """Request latency through the agent next to the model's own time.
 
-Starts two agents side by side, one per inline transport (staging segment
-or ZeroMQ frame), each serving the bundled model and a near-free test
-model, and alternates requests between the paths, in an order reversed
-every round, so machine noise hits all of them alike. Writes
-docs/latency.md.
+Three measurements, each alternating the paths it compares in an order
+reversed every round, so that machine noise hits all of them alike:
 
-Run: ``.venv/bin/python scripts/measure_latency.py [--repeats N]``
+1. 1920x1080 through one agent (default settings), shared memory and
+   inline, next to the same ONNX graph run directly in this process;
+2. inline images end to end through two agents side by side, one per
+   inline transport (staging segment, ZeroMQ frame);
+3. the frontend-to-worker hop of an inline image alone
+   (``scripts/measure_inline_transport.py``).
+
+Run: ``.venv/bin/python scripts/measure_latency.py [--repeats N]``; writes
+docs/latency.md.
 """
 
 from __future__ import annotations
@@ -31,15 +36,15 @@ sys.path.insert(0, str(ROOT))
 
 from frontend._proto import edge_agent_pb2 as pb2  # noqa: E402
 from frontend.client import ClientSegment, EdgeAgentClient  # noqa: E402
+from scripts import measure_inline_transport  # noqa: E402
 from tests.model_factory import write_component  # noqa: E402
 
 BUNDLED = "brick-texture"
 CHEAP = "red-mean"
+Call = Callable[[], object]
 
 
-def start_agent(
-    model_dir: Path, socket: Path, transport: str
-) -> subprocess.Popen[bytes]:
+def start_agent(model_dir: Path, socket: Path, *args: str) -> subprocess.Popen[bytes]:
     return subprocess.Popen(
         [
             sys.executable,
@@ -50,24 +55,12 @@ def start_agent(
             f"unix://{socket}",
             "--model-dir",
             str(model_dir),
-            "--inline-transport",
-            transport,
             "--log-level",
             "WARNING",
-        ],
+            *args,
+        ],  # fmt: skip
         cwd=ROOT,
     )
-
-
-def wait_running(client: EdgeAgentClient, model: str) -> float:
-    """Start ``model`` and return seconds from StartModel to RUNNING."""
-    start = time.perf_counter()
-    client.start(model)
-    while client.describe(model)["status"] != "RUNNING":
-        if time.perf_counter() - start > 120:
-            raise RuntimeError(f"{model} did not start")
-        time.sleep(0.005)
-    return time.perf_counter() - start
 
 
 def connect(socket: Path) -> EdgeAgentClient:
@@ -83,48 +76,71 @@ def connect(socket: Path) -> EdgeAgentClient:
             time.sleep(0.05)
 
 
+def start_model(client: EdgeAgentClient, model: str) -> float:
+    """Start ``model`` and return seconds from StartModel to RUNNING."""
+    start = time.perf_counter()
+    client.start(model)
+    while client.describe(model)["status"] != "RUNNING":
+        if time.perf_counter() - start > 120:
+            raise RuntimeError(f"{model} did not start")
+        time.sleep(0.005)
+    return time.perf_counter() - start
+
+
+def request(model: str, image: np.ndarray) -> pb2.DetectAnomaliesRequest:
+    height, width = image.shape[:2]
+    message = pb2.DetectAnomaliesRequest(model_component=model)
+    message.bitmap.width, message.bitmap.height = width, height
+    return message
+
+
 def shm_call(
     client: EdgeAgentClient, model: str, image: np.ndarray, seg: ClientSegment
-) -> Callable[[], None]:
-    height, width = image.shape[:2]
-
-    def call() -> None:
+) -> Call:
+    def call() -> object:
         # The client's write of the frame counts in the latency.
         seg.array(image.shape)[...] = image
-        request = pb2.DetectAnomaliesRequest(model_component=model)
-        request.bitmap.width, request.bitmap.height = width, height
-        request.bitmap.shared_memory_handle.CopyFrom(seg.handle(image.nbytes))
-        client.stub.DetectAnomalies(request, timeout=30)
+        message = request(model, image)
+        message.bitmap.shared_memory_handle.CopyFrom(seg.handle(image.nbytes))
+        return client.stub.DetectAnomalies(message, timeout=60)
 
     return call
 
 
-def inline_call(
-    client: EdgeAgentClient, model: str, image: np.ndarray
-) -> Callable[[], None]:
-    height, width = image.shape[:2]
-
-    def call() -> None:
-        request = pb2.DetectAnomaliesRequest(model_component=model)
-        request.bitmap.width, request.bitmap.height = width, height
-        request.bitmap.byte_data = image.tobytes()
-        client.stub.DetectAnomalies(request, timeout=30)
+def inline_call(client: EdgeAgentClient, model: str, image: np.ndarray) -> Call:
+    def call() -> object:
+        message = request(model, image)
+        message.bitmap.byte_data = image.tobytes()
+        return client.stub.DetectAnomalies(message, timeout=60)
 
     return call
 
 
-def direct_call(model_dir: Path, model: str, image: np.ndarray) -> Callable[[], None]:
+def direct_call(model_dir: Path, model: str, image: np.ndarray) -> Call:
     options = ort.SessionOptions()
     options.intra_op_num_threads = 1
     options.inter_op_num_threads = 1
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     session = ort.InferenceSession(str(model_dir / model / "model.onnx"), options)
     outputs = [o.name for o in session.get_outputs() if o.name in ("score", "mask")]
+    return lambda: session.run(outputs, {"image": image})
 
-    def call() -> None:
-        session.run(outputs, {"image": image})
 
-    return call
+def alternate(paths: dict[str, Call], rounds: int) -> dict[str, list[float]]:
+    """Milliseconds per call of each path, the order reversed each round."""
+    for call in paths.values():
+        for _ in range(3):
+            call()
+    times: dict[str, list[float]] = {name: [] for name in paths}
+    for round_ in range(rounds):
+        order = list(paths.items())
+        if round_ % 2:
+            order.reverse()
+        for name, call in order:
+            begin = time.perf_counter()
+            call()
+            times[name].append((time.perf_counter() - begin) * 1000)
+    return times
 
 
 def main() -> int:
@@ -137,95 +153,143 @@ def main() -> int:
     model_dir = work / "models"
     shutil.copytree(ROOT / "models" / BUNDLED, model_dir / BUNDLED)
     write_component(model_dir, CHEAP)
-    agents = {
-        t: start_agent(model_dir, work / f"{t}.sock", t) for t in ("staging", "frame")
-    }
-    segments: list[ClientSegment] = []
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 256, (1080, 1920, 3), dtype=np.uint8)
+    lines = header(args.repeats)
+    agents: list[subprocess.Popen[bytes]] = []
+    seg = ClientSegment(image.nbytes)
     try:
-        clients = {t: connect(work / f"{t}.sock") for t in agents}
-        start_s = [wait_running(clients["staging"], BUNDLED)]
-        start_s.append(wait_running(clients["frame"], BUNDLED))
-        for client in clients.values():
-            wait_running(client, CHEAP)
-        rng = np.random.default_rng(0)
-        image = rng.integers(0, 256, (1080, 1920, 3), dtype=np.uint8)
-        seg = ClientSegment(image.nbytes)
-        segments.append(seg)
-        rows = []
-        for model in (BUNDLED, CHEAP):
-            paths = {
-                "model alone (ONNX Runtime, 1 thread)": direct_call(
-                    model_dir, model, image
-                ),
-                "agent, shared memory": shm_call(clients["staging"], model, image, seg),
-                "agent, inline via staging segment": inline_call(
-                    clients["staging"], model, image
-                ),
-                "agent, inline via ZeroMQ frame": inline_call(
-                    clients["frame"], model, image
-                ),
-            }
-            times: dict[str, list[float]] = {name: [] for name in paths}
-            for call in paths.values():
-                for _ in range(5):
-                    call()
-            for round_ in range(args.repeats):
-                # Reverse the order every other round: whichever path runs
-                # right after another pays for its cache and scheduler traces.
-                order = list(paths.items())
-                if round_ % 2:
-                    order.reverse()
-                for name, call in order:
-                    begin = time.perf_counter()
-                    call()
-                    times[name].append((time.perf_counter() - begin) * 1000)
-            base = statistics.median(times["model alone (ONNX Runtime, 1 thread)"])
-            for name, values in times.items():
-                median = statistics.median(values)
-                p90 = float(np.percentile(values, 90))
-                rows.append((model, name, median, p90, median - base))
-        write_report(args.out, rows, start_s, args.repeats)
+        agents.append(start_agent(model_dir, work / "main.sock"))
+        client = connect(work / "main.sock")
+        start_s = [start_model(client, BUNDLED)]
+        client.stop(BUNDLED)
+        start_s.append(start_model(client, BUNDLED))
+        start_model(client, CHEAP)
+        lines += main_table(model_dir, client, image, seg, args.repeats)
+        lines += [
+            "",
+            f"StartModel to RUNNING for {BUNDLED}: "
+            + ", ".join(f"{s:.2f} s" for s in start_s)
+            + " (spawn, import, load, three warm-up runs).",
+            "",
+        ]
+        for process in agents:
+            process.terminate()
+            process.wait(timeout=30)
+        agents.clear()
+        lines += transport_table(model_dir, work, agents, args.repeats // 2)
     finally:
-        for seg in segments:
-            seg.close()
-        for process in agents.values():
+        seg.close()
+        for process in agents:
             process.terminate()
             process.wait(timeout=30)
         shutil.rmtree(work, ignore_errors=True)
+    lines += hop_section()
+    args.out.write_text("\n".join(lines))
     print(args.out.read_text())
     return 0
 
 
-def write_report(
-    out: Path,
-    rows: list[tuple[str, str, float, float, float]],
-    start_s: list[float],
-    repeats: int,
-) -> None:
-    lines = [
-        "# Request latency, 1920x1080 RGB",
+def header(repeats: int) -> list[str]:
+    return [
+        "# Request latency",
         "",
         f"Measured {datetime.date.today()} on {platform.machine()}, "
-        f"{platform.python_implementation()} {platform.python_version()}, "
+        f"{platform.python_implementation()} {platform.python_version()}, on",
         "2 cores shared with other work, by `.venv/bin/python "
-        "scripts/measure_latency.py`. Each path ran "
-        f"{repeats} times, interleaved with the others; medians in ms. The",
-        "client's write of the frame into its segment is counted; the model",
-        "runs on one pinned core in the worker.",
+        "scripts/measure_latency.py`.",
+        "Each path ran "
+        f"{repeats} times, alternating with the others (order reversed every",
+        "round); medians and 90th percentiles in ms. The client's write of the",
+        "frame into its segment is counted. Each model runs on one pinned core.",
+        "`brick-texture` is the bundled segmentation model (its 6 MB mask comes",
+        "back inline); `red-mean` is a test model from `tests/model_factory.py`",
+        "that costs almost nothing, so its rows show what serving itself costs.",
         "",
+        "## 1920x1080 RGB through one agent",
+        "",
+    ]
+
+
+def main_table(
+    model_dir: Path,
+    client: EdgeAgentClient,
+    image: np.ndarray,
+    seg: ClientSegment,
+    repeats: int,
+) -> list[str]:
+    lines = [
         "| model | path | median ms | p90 ms | over the model alone ms |",
         "|---|---|---:|---:|---:|",
     ]
-    for model, name, median, p90, over in rows:
-        lines.append(f"| {model} | {name} | {median:.2f} | {p90:.2f} | {over:+.2f} |")
-    lines += [
+    for model in (BUNDLED, CHEAP):
+        times = alternate(
+            {
+                "model alone (ONNX Runtime, 1 thread)": direct_call(
+                    model_dir, model, image
+                ),
+                "agent, shared memory": shm_call(client, model, image, seg),
+                "agent, inline": inline_call(client, model, image),
+            },
+            repeats,
+        )
+        base = statistics.median(times["model alone (ONNX Runtime, 1 thread)"])
+        for name, values in times.items():
+            median = statistics.median(values)
+            p90 = float(np.percentile(values, 90))
+            lines.append(
+                f"| {model} | {name} | {median:.2f} | {p90:.2f} | "
+                f"{median - base:+.2f} |"
+            )
+    return lines
+
+
+def transport_table(
+    model_dir: Path, work: Path, agents: list[subprocess.Popen[bytes]], rounds: int
+) -> list[str]:
+    clients = {}
+    for transport in ("staging", "frame"):
+        socket = work / f"{transport}.sock"
+        agents.append(start_agent(model_dir, socket, "--inline-transport", transport))
+        clients[transport] = connect(socket)
+        start_model(clients[transport], CHEAP)
+    lines = [
+        "## Inline images end to end, by inline transport",
         "",
-        f"StartModel to RUNNING for {BUNDLED}: "
-        + ", ".join(f"{s:.2f} s" for s in start_s)
-        + " (spawn, import, load, three warm-up runs).",
+        f"Two agents side by side, `{CHEAP}` only, inline requests alternating",
+        f"between them; medians of {rounds} rounds.",
+        "",
+        "| image | staging segment ms | ZeroMQ frame ms | frame / segment |",
+        "|---|---:|---:|---:|",
+    ]
+    rng = np.random.default_rng(1)
+    for width, height in ((640, 480), (1920, 1080), (4096, 4096)):
+        image = rng.integers(0, 256, (height, width, 3), dtype=np.uint8)
+        times = alternate(
+            {t: inline_call(c, CHEAP, image) for t, c in clients.items()}, rounds
+        )
+        segment = statistics.median(times["staging"])
+        frame = statistics.median(times["frame"])
+        lines.append(
+            f"| {width}x{height} | {segment:.2f} | {frame:.2f} | "
+            f"{frame / segment:.2f} |"
+        )
+    return [*lines, ""]
+
+
+def hop_section() -> list[str]:
+    return [
+        "## The inline hop alone",
+        "",
+        "`scripts/measure_inline_transport.py`: the frontend-to-worker hop of",
+        "an inline image between two processes joined as the agent's are, the",
+        "worker reading every byte; medians of 40 alternating rounds. The",
+        "staging segment costs one copy, the frame two (into and out of the",
+        "kernel). The agent's default is the faster: the staging segment.",
+        "",
+        *measure_inline_transport.table(measure_inline_transport.measure()),
         "",
     ]
-    out.write_text("\n".join(lines))
 
 
 if __name__ == "__main__":
