@@ -58,7 +58,7 @@ def start_agent(model_dir: Path, socket: Path, *args: str) -> subprocess.Popen[b
             "--log-level",
             "WARNING",
             *args,
-        ],  # fmt: skip
+        ],
         cwd=ROOT,
     )
 
