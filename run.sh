@@ -20,7 +20,7 @@ ensure_venv() {
   local stamp="$venv/.installed-$1"
   if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
     if [ "$1" = dev ]; then
-      "$venv/bin/pip" install --quiet -e ".[dev]"
+      "$venv/bin/pip" install --quiet -e ".[dev,train]"
     else
       "$venv/bin/pip" install --quiet -e .
     fi

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib
 import json
 import logging
 import os
 import signal
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -86,6 +88,16 @@ def _parser() -> argparse.ArgumentParser:
     _client_parsers(sub)
     sub.add_parser(
         "train", help="fit a model component from good photos", add_help=False
+    )
+    sub.add_parser(
+        "evaluate",
+        help="measure a component on an MVTec-layout folder",
+        add_help=False,
+    )
+    sub.add_parser(
+        "import-anomalib",
+        help="wrap an anomalib ONNX export into a component",
+        add_help=False,
     )
     return parser
 
@@ -209,16 +221,24 @@ def _wait_running(client: Any, model: str, limit_s: float = 180.0) -> int:
     return 1
 
 
+_MODEL_TOOLS = {
+    "train": "trainer.cli",
+    "evaluate": "trainer.evaluate",
+    "import-anomalib": "trainer.anomalib_import",
+}
+
+
 def _raise_exit(signum: int, frame: object) -> None:
     raise SystemExit(128 + signum)
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    if argv and argv[0] == "train":
-        from trainer.cli import main as train_main
-
-        return train_main(argv[1:])
+    if argv and argv[0] in _MODEL_TOOLS:
+        # The model tools parse their own arguments; import only what runs.
+        module = importlib.import_module(_MODEL_TOOLS[argv[0]])
+        tool_main: Callable[[list[str]], int] = module.main
+        return tool_main(argv[1:])
     args = _parser().parse_args(argv)
     if args.command == "serve":
         return _run_serve(args)
