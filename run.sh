@@ -33,8 +33,12 @@ cmd=${1:-serve}
 case "$cmd" in
   serve)
     ensure_venv base
-    exec "$venv/bin/edge-agent" serve --model-dir "$root/models" \
-      --start brick-texture "$@"
+    # The bundled model directory and model, unless a model directory is given.
+    defaults=(--model-dir "$root/models" --start brick-texture)
+    for arg in "$@"; do
+      case "$arg" in --model-dir|--model-dir=*) defaults=() ;; esac
+    done
+    exec "$venv/bin/edge-agent" serve "${defaults[@]}" "$@"
     ;;
   test)
     ensure_venv dev
