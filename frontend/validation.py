@@ -12,10 +12,9 @@ from dataclasses import dataclass
 from frontend._proto import edge_agent_pb2 as pb2
 from frontend.errors import invalid
 from shared.component import check_component_name
+from shared.images import MAX_SIDE, MIN_SIDE
 from shared.segments import SegmentError, SegmentRef, check_segment, normalise_name
 
-MIN_SIDE = 64
-MAX_SIDE = 4096
 # Cameras pad rows to an alignment of at most a few hundred bytes; a larger
 # surplus is some other mistake, and no stride hint is given for it.
 _MAX_ROW_PADDING = 1024

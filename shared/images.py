@@ -12,6 +12,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+# The contract's limits on a bitmap's width and height, in pixels.
+MIN_SIDE = 64
+MAX_SIDE = 4096
+
 _SIXTEEN_BIT = ("I;16", "I;16L", "I;16B", "I;16N")
 
 

@@ -31,7 +31,8 @@ class Prediction:
     label_mask: np.ndarray | None
 
 
-def _session_options(threads: int) -> ort.SessionOptions:
+def session_options(threads: int) -> ort.SessionOptions:
+    """How every session of the agent's is set up (also used offline)."""
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
@@ -51,7 +52,7 @@ class ModelRunner:
         try:
             self._session = ort.InferenceSession(
                 str(component.model_path),
-                sess_options=_session_options(threads),
+                sess_options=session_options(threads),
                 providers=["CPUExecutionProvider"],
             )
         except Exception as exc:  # ORT raises its own untyped errors here.
