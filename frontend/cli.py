@@ -17,40 +17,74 @@ from typing import Any
 
 import grpc
 
-from frontend.config import DEFAULT_SOCKET, INLINE_TRANSPORTS, AgentConfig
+from frontend.config import (
+    DEFAULT_SOCKET,
+    INLINE_TRANSPORTS,
+    LOG_FORMATS,
+    AgentConfig,
+)
+from frontend.settings import ENV_CONFIG, ConfigError, Settings
+from frontend.settings import load as load_settings
+from frontend.settings import render as render_settings
 
 log = logging.getLogger(__name__)
 
 
-def _serve_parser(sub: Any) -> None:
+def _agent_flags(p: argparse.ArgumentParser) -> None:
+    """Flags that set agent settings; only those given reach the settings."""
     defaults = AgentConfig()
-    p = sub.add_parser("serve", help="run the agent in the foreground")
-    p.add_argument("--socket", default=defaults.socket, help="gRPC address")
+    omit = argparse.SUPPRESS
     p.add_argument(
-        "--tcp", default=None, metavar="[HOST:]PORT",
+        "--config", type=Path, default=None, metavar="PATH",
+        help=f"TOML configuration file (also ${ENV_CONFIG})",
+    )  # fmt: skip
+    p.add_argument(
+        "--socket", dest="socket", default=omit,
+        help=f"gRPC address (default {defaults.socket})",
+    )  # fmt: skip
+    p.add_argument(
+        "--tcp", dest="tcp_address", default=omit, metavar="[HOST:]PORT",
         help="also listen on TCP; a bare port binds 127.0.0.1",
     )  # fmt: skip
     p.add_argument(
-        "--socket-mode", default="0660", help="socket file mode, octal (0660)"
-    )
-    p.add_argument("--model-dir", type=Path, default=defaults.model_dir)
-    p.add_argument(
-        "--start", action="append", default=[], metavar="MODEL",
-        help="start this model component at launch (repeatable)",
+        "--socket-mode", dest="socket_mode", default=omit,
+        help="socket file mode, octal (default 0660)",
     )  # fmt: skip
-    p.add_argument("--grace-s", type=float, default=defaults.grace_s)
-    p.add_argument("--backlog", type=int, default=defaults.backlog)
+    p.add_argument("--model-dir", dest="model_dir", default=omit)
     p.add_argument(
-        "--request-timeout-s", type=float, default=defaults.request_timeout_s
-    )
-    p.add_argument(
-        "--heartbeat-timeout-s", type=float, default=defaults.heartbeat_timeout_s
-    )
-    p.add_argument(
-        "--inline-transport", choices=INLINE_TRANSPORTS,
-        default=defaults.inline_transport,
+        "--start", dest="autostart", action="append", default=omit,
+        metavar="MODEL", help="start this model component at launch (repeatable)",
     )  # fmt: skip
-    p.add_argument("--log-level", default=defaults.log_level)
+    for flag, kind in (
+        ("--grace-s", float),
+        ("--backlog", int),
+        ("--request-timeout-s", float),
+        ("--heartbeat-timeout-s", float),
+    ):
+        dest = flag[2:].replace("-", "_")
+        p.add_argument(
+            flag, dest=dest, type=kind, default=omit,
+            help=f"default {getattr(defaults, dest):g}",
+        )  # fmt: skip
+    p.add_argument(
+        "--inline-transport", dest="inline_transport", choices=INLINE_TRANSPORTS,
+        default=omit,
+    )  # fmt: skip
+    p.add_argument("--log-level", dest="log_level", default=omit)
+    p.add_argument("--log-format", dest="log_format", choices=LOG_FORMATS, default=omit)
+    p.add_argument(
+        "--metrics", dest="metrics_address", default=omit, metavar="[HOST:]PORT",
+        help="serve Prometheus metrics; a bare port binds 127.0.0.1",
+    )  # fmt: skip
+
+
+def _serve_parser(sub: Any) -> None:
+    _agent_flags(sub.add_parser("serve", help="run the agent in the foreground"))
+    p = sub.add_parser(
+        "config", help="show the effective configuration and where it came from"
+    )
+    _agent_flags(p)
+    p.add_argument("--print", action="store_true", required=True)
 
 
 def _client_parsers(sub: Any) -> None:
@@ -102,13 +136,11 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _octal_mode(text: str) -> int:
-    try:
-        return int(text, 8)
-    except ValueError:
-        raise ValueError(
-            f"socket_mode {text!r} is not an octal file mode such as 0660"
-        ) from None
+def _settings(args: argparse.Namespace) -> Settings:
+    given = {
+        k: v for k, v in vars(args).items() if k not in ("command", "config", "print")
+    }
+    return load_settings(args.config, os.environ, given)
 
 
 def _run_serve(args: argparse.Namespace) -> int:
@@ -116,23 +148,17 @@ def _run_serve(args: argparse.Namespace) -> int:
     from shared.logs import configure_logging
 
     try:
-        config = AgentConfig(
-            socket=args.socket,
-            tcp_address=args.tcp,
-            socket_mode=_octal_mode(args.socket_mode),
-            model_dir=args.model_dir,
-            autostart=tuple(args.start),
-            grace_s=args.grace_s,
-            backlog=args.backlog,
-            request_timeout_s=args.request_timeout_s,
-            heartbeat_timeout_s=args.heartbeat_timeout_s,
-            inline_transport=args.inline_transport,
-            log_level=args.log_level,
-        )
-    except ValueError as exc:
-        print(f"edge-agent serve: bad configuration: {exc}", file=sys.stderr)
+        settings = _settings(args)
+    except ConfigError as exc:
+        print(f"edge-agent {args.command}: bad configuration: {exc}", file=sys.stderr)
         return EXIT_CONFIG_ERROR
-    configure_logging(config.log_level, role="frontend")
+    if args.command == "config":
+        print(render_settings(settings), end="")
+        return 0
+    config = settings.config
+    configure_logging(config.log_level, role="frontend", fmt=config.log_format)
+    if settings.config_file is not None:
+        log.info("Configuration from %s", settings.config_file)
     try:
         return asyncio.run(serve(config))
     except StartupError as exc:
@@ -240,7 +266,7 @@ def main(argv: list[str] | None = None) -> int:
         tool_main: Callable[[list[str]], int] = module.main
         return tool_main(argv[1:])
     args = _parser().parse_args(argv)
-    if args.command == "serve":
+    if args.command in ("serve", "config"):
         return _run_serve(args)
     # A client killed by SIGTERM still runs its finally blocks, so the
     # segments it created are removed.

@@ -1,7 +1,12 @@
-"""The agent's settings, in one place, with their defaults and units."""
+"""The agent's settings, in one place, with their defaults and units.
+
+``frontend/settings.py`` reads them from a TOML file, the environment and
+the command line; this module holds what they mean and checks them.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -13,17 +18,35 @@ MIB = 1024 * 1024
 # has the measurement behind the default.
 INLINE_TRANSPORTS = ("staging", "frame")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+LOG_FORMATS = ("text", "json")
 
 
-def parse_tcp_address(address: str) -> tuple[str, int]:
+@dataclass(frozen=True)
+class ModelSettings:
+    """Settings of one model component; None means the agent-wide value."""
+
+    autostart: bool = False
+    cores: int | None = None
+    backlog: int | None = None
+    request_timeout_s: float | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("cores", "backlog"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ValueError(f"{name} must be at least 1")
+        if self.request_timeout_s is not None and not self.request_timeout_s > 0:
+            raise ValueError("request_timeout_s must be more than 0 seconds")
+
+
+def parse_tcp_address(address: str, setting: str = "tcp_address") -> tuple[str, int]:
     """``PORT`` alone means loopback; ``HOST:PORT`` (``[v6]:PORT``) as given."""
     host, _, port_text = address.rpartition(":")
     if not host:
         host = "127.0.0.1"
     if not port_text.isdigit() or not 1 <= int(port_text) <= 65535:
         raise ValueError(
-            f"tcp_address {address!r} needs a port from 1 to 65535, as PORT or "
-            "HOST:PORT"
+            f"{setting} {address!r} needs a port from 1 to 65535, as PORT or HOST:PORT"
         )
     return host, int(port_text)
 
@@ -54,18 +77,28 @@ class AgentConfig:
     max_message_bytes: int = 64 * MIB + MIB
     inline_transport: str = "staging"
     log_level: str = "INFO"
+    log_format: str = "text"
+    # Prometheus metrics on HOST:PORT (a bare port binds loopback); off if None.
+    metrics_address: str | None = None
+    models: Mapping[str, ModelSettings] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         """Refuse settings that would leave the agent useless, naming them."""
-        if self.inline_transport not in INLINE_TRANSPORTS:
-            raise ValueError(
-                f"inline_transport {self.inline_transport!r} is not one of "
-                f"{', '.join(INLINE_TRANSPORTS)}"
-            )
-        if self.log_level.upper() not in LOG_LEVELS:
-            raise ValueError(
-                f"log_level {self.log_level!r} is not one of {', '.join(LOG_LEVELS)}"
-            )
+        self._check_choices()
+        self._check_numbers()
+        self._check_addresses()
+
+    def _check_choices(self) -> None:
+        for name, allowed in (
+            ("inline_transport", INLINE_TRANSPORTS),
+            ("log_format", LOG_FORMATS),
+            ("log_level", LOG_LEVELS),
+        ):
+            value = getattr(self, name)
+            if str(value).upper() not in (a.upper() for a in allowed):
+                raise ValueError(f"{name} {value!r} is not one of {', '.join(allowed)}")
+
+    def _check_numbers(self) -> None:
         for name in ("backlog", "max_restarts", "max_concurrent_rpcs"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1")
@@ -86,15 +119,39 @@ class AgentConfig:
                 f"heartbeat_timeout_s must be at least twice the heartbeat "
                 f"interval ({self.heartbeat_interval_s:g} s)"
             )
+        if self.max_message_bytes < 64 * MIB:
+            raise ValueError("max_message_bytes must be at least 64 MiB")
+
+    def _check_addresses(self) -> None:
         if not 0 <= self.socket_mode <= 0o777 or self.socket_mode & 0o600 != 0o600:
             raise ValueError(
                 f"socket_mode {self.socket_mode:o} must be an octal mode that lets "
                 "the owner read and write, such as 0660 or 0600"
             )
-        if self.max_message_bytes < 64 * MIB:
-            raise ValueError("max_message_bytes must be at least 64 MiB")
-        if self.tcp_address is not None:
-            parse_tcp_address(self.tcp_address)
+        for name in ("tcp_address", "metrics_address"):
+            value = getattr(self, name)
+            if value is not None:
+                parse_tcp_address(value, name)
+
+    def model(self, name: str) -> ModelSettings:
+        """The settings of model ``name``, agent-wide values filled in."""
+        own = self.models.get(name, ModelSettings())
+        return ModelSettings(
+            autostart=own.autostart or name in self.autostart,
+            cores=own.cores,
+            backlog=own.backlog if own.backlog is not None else self.backlog,
+            request_timeout_s=(
+                own.request_timeout_s
+                if own.request_timeout_s is not None
+                else self.request_timeout_s
+            ),
+        )
+
+    @property
+    def autostart_models(self) -> tuple[str, ...]:
+        """Models to start at launch: from ``autostart`` and per-model flags."""
+        flagged = [name for name, own in self.models.items() if own.autostart]
+        return tuple(dict.fromkeys([*self.autostart, *sorted(flagged)]))
 
     @property
     def socket_path(self) -> Path | None:

@@ -188,7 +188,7 @@ def _check_model_dir(config: AgentConfig, supervisor: Supervisor) -> None:
             "Model directory %s does not exist; no components until it does",
             config.model_dir,
         )
-    unknown = [name for name in config.autostart if name not in supervisor.models]
+    unknown = [n for n in config.autostart_models if n not in supervisor.models]
     if unknown:
         known = ", ".join(sorted(supervisor.models)) or "none"
         raise StartupError(
@@ -198,7 +198,7 @@ def _check_model_dir(config: AgentConfig, supervisor: Supervisor) -> None:
 
 
 def _autostart(config: AgentConfig, supervisor: Supervisor) -> None:
-    for name in config.autostart:
+    for name in config.autostart_models:
         try:
             supervisor.get(name).start()
         except RequestError as exc:

@@ -107,7 +107,7 @@ class EdgeAgentServicer(pb2_grpc.EdgeAgentServicer):
             self._refuse_when_draining()
             job = parse_detect(request)
             model = self.supervisor.get(job.model)
-            timeout_s, client_limited = self._timeout(context)
+            timeout_s, client_limited = self._timeout(context, model)
             worker, release = model.admit()
             try:
                 check_segments(job)
@@ -120,9 +120,9 @@ class EdgeAgentServicer(pb2_grpc.EdgeAgentServicer):
             await context.abort(exc.code, exc.details)
         return pb2.DetectAnomaliesResponse(detect_anomaly_result=result)
 
-    def _timeout(self, context: Context) -> tuple[float, bool]:
+    def _timeout(self, context: Context, model: Model) -> tuple[float, bool]:
         """Seconds to wait for the worker, and whether the client set them."""
-        timeout_s = self.config.request_timeout_s
+        timeout_s = model.request_timeout_s
         remaining = context.time_remaining()
         if remaining is not None and remaining < timeout_s:
             return max(remaining, 0.0), True

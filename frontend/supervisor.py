@@ -28,7 +28,7 @@ import grpc
 import psutil
 import zmq.asyncio
 
-from frontend.config import AgentConfig
+from frontend.config import AgentConfig, ModelSettings
 from frontend.cores import CoreAllocator
 from frontend.errors import RequestError
 from frontend.runs import make_run_dir
@@ -84,6 +84,19 @@ class Model:
             with contextlib.suppress(ComponentError):
                 self.component = load_component(self.path)
         return self.component.model_arn if self.component else ""
+
+    @property
+    def settings(self) -> ModelSettings:
+        return self.supervisor.config.model(self.name)
+
+    @property
+    def backlog(self) -> int:
+        return self.settings.backlog or self.supervisor.config.backlog
+
+    @property
+    def request_timeout_s(self) -> float:
+        own = self.settings.request_timeout_s
+        return own or self.supervisor.config.request_timeout_s
 
     async def drained(self) -> None:
         await self._drained.wait()
@@ -233,10 +246,12 @@ class Model:
         worker = WorkerProcess(
             self.name,
             component.path,
-            cores=supervisor.cores.assign(self.name, component.cores),
+            cores=supervisor.cores.assign(
+                self.name, self.settings.cores or component.cores
+            ),
             run_dir=supervisor.run_dir,
             context=supervisor.zmq_context,
-            settings=supervisor.worker_settings,
+            settings=supervisor.worker_settings(self.name),
             incarnation=self._incarnation,
         )
         self.worker = worker
@@ -249,7 +264,7 @@ class Model:
                     raise
                 return str(exc), 0.0, False
             if self.staging is None:
-                self.staging = StagingPool(self.name, supervisor.config.backlog)
+                self.staging = StagingPool(self.name, self.backlog)
             self._check_pinning(worker)
             # After a restart the message keeps telling the operator why.
             self._set_state(
@@ -319,7 +334,7 @@ class Model:
                 f"model {self.name} is {self.state.name}{detail}; DetectAnomalies "
                 "needs it RUNNING (start it with StartModel)",
             )
-        backlog = self.supervisor.config.backlog
+        backlog = self.backlog
         if self.admitted >= backlog:
             raise RequestError(
                 grpc.StatusCode.RESOURCE_EXHAUSTED,
@@ -351,14 +366,19 @@ class Supervisor:
         self.cores = CoreAllocator()
         self.zmq_context = zmq.asyncio.Context()
         self.run_dir = make_run_dir()
-        self.worker_settings = WorkerSettings(
+        self.rescan()
+
+    def worker_settings(self, model: str) -> WorkerSettings:
+        config = self.config
+        return WorkerSettings(
             heartbeat_interval_s=config.heartbeat_interval_s,
             heartbeat_timeout_s=config.heartbeat_timeout_s,
             start_timeout_s=config.start_timeout_s,
-            request_timeout_s=config.request_timeout_s,
+            request_timeout_s=config.model(model).request_timeout_s
+            or config.request_timeout_s,
             log_level=config.log_level,
+            log_format=config.log_format,
         )
-        self.rescan()
 
     def rescan(self) -> None:
         """Pick up components added to the model directory, drop removed ones."""

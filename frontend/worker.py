@@ -56,6 +56,7 @@ class WorkerSettings:
     start_timeout_s: float
     request_timeout_s: float
     log_level: str
+    log_format: str
 
 
 def describe_exit(returncode: int) -> str:
@@ -124,6 +125,7 @@ class WorkerProcess:
             "--parent-pid", str(os.getpid()),
             "--heartbeat-interval-s", str(self.settings.heartbeat_interval_s),
             "--log-level", self.settings.log_level,
+            "--log-format", self.settings.log_format,
         ]  # fmt: skip
         # numpy's BLAS pool is never used by a worker; one thread is enough.
         env = {**os.environ, "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1"}

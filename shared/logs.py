@@ -2,23 +2,60 @@
 
 Every line carries the process id and its role; a worker's lines also name
 its model, so an operator can tell workers apart in one merged stream.
+Lines are human-readable text, or JSON objects one per line for log
+collectors; in JSON the ``model=`` and ``pid=`` tokens of a message also
+become fields.
 """
 
 from __future__ import annotations
 
+import json
 import logging
+import re
 import sys
 
+_TOKEN = re.compile(r"\b(model|pid)=([^\s,;()]+)")
 
-def configure_logging(level: str, *, role: str, model: str | None = None) -> None:
+
+class JsonFormatter(logging.Formatter):
+    def __init__(self, role: str, model: str | None) -> None:
+        super().__init__()
+        self.role = role
+        self.model = model
+
+    def format(self, record: logging.LogRecord) -> str:
+        message = record.getMessage()
+        entry: dict[str, object] = {
+            "time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S%z"),
+            "level": record.levelname,
+            "pid": record.process,
+            "role": self.role,
+            "logger": record.name,
+            "message": message,
+        }
+        if self.model:
+            entry["model"] = self.model
+        for key, value in _TOKEN.findall(message):
+            entry.setdefault(key, int(value) if value.isdigit() else value)
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        return json.dumps(entry, separators=(",", ":"))
+
+
+def configure_logging(
+    level: str, *, role: str, model: str | None = None, fmt: str = "text"
+) -> None:
     """Send this process's log lines to stderr, one per line."""
-    who = f"{role} model={model}" if model else role
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(
-        logging.Formatter(
-            f"%(asctime)s %(levelname)s [%(process)d] {who} %(name)s: %(message)s"
+    if fmt == "json":
+        handler.setFormatter(JsonFormatter(role, model))
+    else:
+        who = f"{role} model={model}" if model else role
+        handler.setFormatter(
+            logging.Formatter(
+                f"%(asctime)s %(levelname)s [%(process)d] {who} %(name)s: %(message)s"
+            )
         )
-    )
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())

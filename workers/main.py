@@ -250,6 +250,7 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--parent-pid", type=int, required=True)
     parser.add_argument("--heartbeat-interval-s", type=float, default=1.0)
     parser.add_argument("--log-level", default="INFO")
+    parser.add_argument("--log-format", default="text", choices=("text", "json"))
     return parser.parse_args(argv)
 
 
@@ -266,7 +267,7 @@ def _send_fatal(socket: zmq.Socket[bytes], kind: str, message: str) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = _parse_args(argv)
     model = args.component_dir.name
-    configure_logging(args.log_level, role="worker", model=model)
+    configure_logging(args.log_level, role="worker", model=model, fmt=args.log_format)
     _die_with_parent(args.parent_pid)
     # Ctrl-C, and a supervisor stopping the whole group (systemd's default
     # KillMode), signal the workers too: the frontend alone decides when
