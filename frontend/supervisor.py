@@ -102,8 +102,12 @@ class Model:
         await self._drained.wait()
 
     def _set_state(self, state: ModelState, message: str = "") -> None:
+        changed = state != self.state
         self.state = state
         self.status_message = message
+        if changed:
+            for listener in self.supervisor.state_listeners:
+                listener(self, state)
 
     # -- StartModel / StopModel ----------------------------------------
 
@@ -363,6 +367,9 @@ class Supervisor:
     def __init__(self, config: AgentConfig) -> None:
         self.config = config
         self.models: dict[str, Model] = {}
+        # Called on the event loop after every change of a model's state
+        # (health status, metrics); they must not block or raise.
+        self.state_listeners: list[Callable[[Model, ModelState], None]] = []
         self.cores = CoreAllocator()
         self.zmq_context = zmq.asyncio.Context()
         self.run_dir = make_run_dir()
