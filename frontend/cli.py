@@ -144,6 +144,10 @@ def _settings(args: argparse.Namespace) -> Settings:
 
 
 def _run_serve(args: argparse.Namespace) -> int:
+    if args.command == "serve":
+        # A reload (SIGHUP) that comes before the agent's handler is
+        # installed, while it imports and starts, must not kill it.
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
     from frontend.server import EXIT_CONFIG_ERROR, StartupError, serve
     from shared.logs import configure_logging
 

@@ -1,12 +1,20 @@
 """The frontend process: the gRPC server, its socket, and its shutdown.
 
-Threads: the asyncio event loop runs the gRPC server, the supervisor and
-every worker's ZeroMQ traffic; gRPC adds its own polling threads. Signal
-handlers only set an event; ``serve`` does the work of stopping:
+Threads: the asyncio event loop runs the gRPC server (the Edge Agent API,
+health and reflection), the supervisor, every worker's ZeroMQ traffic and
+the systemd watchdog pings; gRPC adds its own polling threads. Signal
+handlers only set an event; the loop does the work. SIGHUP rescans the
+model directory. SIGTERM or SIGINT stops the agent:
 
-1. stop accepting RPCs, give accepted ones ``grace_s`` to finish;
-2. stop every worker (each finishes what it received, or is killed);
-3. remove the socket file and the run directory; exit 0.
+1. health NOT_SERVING for all and ``STOPPING=1`` to systemd;
+2. stop accepting RPCs, give accepted ones ``grace_s`` to finish;
+3. stop every worker (each finishes what it received, or is killed);
+4. remove the socket file and the run directory; exit 0.
+
+``READY=1`` goes to systemd once the socket accepts and every autostart
+model has settled (RUNNING, FAILED or STOPPED), or ``start_timeout_s``
+after the start at the latest, so that a model that cannot start never
+keeps the agent from being ready (``frontend/systemd.py``).
 
 Exit codes: 0 after a clean stop, 2 for a configuration error (a bad
 setting, an address another live agent serves), 1 for a runtime failure.
@@ -15,6 +23,7 @@ setting, an address another live agent serves), 1 for a runtime failure.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import fcntl
 import logging
@@ -23,6 +32,7 @@ import signal
 import socket
 import stat
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import IO
 
@@ -31,10 +41,13 @@ import grpc
 from frontend._proto import edge_agent_pb2_grpc as pb2_grpc
 from frontend.config import AgentConfig, parse_tcp_address
 from frontend.errors import RequestError
+from frontend.health import HealthService, enable_reflection
+from frontend.metrics import MetricsEndpoint, start_metrics
 from frontend.runs import remove_dead_run_dirs
 from frontend.servicer import EdgeAgentServicer
 from frontend.staging import remove_dead_runs_segments
-from frontend.supervisor import Supervisor
+from frontend.supervisor import RescanResult, Supervisor
+from frontend.systemd import Notifier, announce_ready
 
 log = logging.getLogger(__name__)
 
@@ -93,7 +106,9 @@ def claim_socket(path: Path) -> IO[str]:
     raise StartupError(f"a live server already answers on {path}; refusing to start")
 
 
-def build_server(config: AgentConfig, servicer: EdgeAgentServicer) -> grpc.aio.Server:
+def build_server(
+    config: AgentConfig, servicer: EdgeAgentServicer, health: HealthService
+) -> grpc.aio.Server:
     limit = config.max_message_bytes
     server = grpc.aio.server(
         options=[
@@ -104,6 +119,8 @@ def build_server(config: AgentConfig, servicer: EdgeAgentServicer) -> grpc.aio.S
         maximum_concurrent_rpcs=config.max_concurrent_rpcs,
     )
     pb2_grpc.add_EdgeAgentServicer_to_server(servicer, server)
+    health.add_to_server(server)
+    enable_reflection(server)
     return server
 
 
@@ -133,30 +150,61 @@ async def serve(config: AgentConfig) -> int:
 async def _serve(config: AgentConfig) -> int:
     remove_dead_runs_segments()
     remove_dead_run_dirs()
+    notifier = Notifier.from_environ(os.environ)
     supervisor = Supervisor(config)
+    metrics: MetricsEndpoint | None = None
+    watchdog = asyncio.create_task(notifier.feed_watchdog(), name="watchdog")
     try:
-        _check_model_dir(config, supervisor)
-        servicer = EdgeAgentServicer(supervisor)
-        server = build_server(config, servicer)
-        _bind(server, config.socket)
-        if config.tcp_address:
-            _bind(server, _tcp_target(config.tcp_address))
-        await server.start()
-        if config.socket_path is not None:
-            os.chmod(config.socket_path, config.socket_mode)
-        log.info(
-            "Agent ready on %s%s, %d model component(s) in %s",
-            config.socket,
-            f" and {_tcp_target(config.tcp_address)}" if config.tcp_address else "",
-            len(supervisor.models),
-            config.model_dir,
-        )
-        _autostart(config, supervisor)
-        await _wait_for_stop_signal()
-        await _drain(config, servicer, supervisor, server)
+        with _rescan_on_hangup(config, supervisor):
+            _check_model_dir(config, supervisor)
+            health = HealthService(supervisor)
+            servicer = EdgeAgentServicer(supervisor)
+            server = await _start_server(config, servicer, health)
+            metrics = start_metrics(config, servicer)
+            _autostart(config, supervisor)
+            readiness = asyncio.create_task(
+                announce_ready(config, supervisor, notifier), name="readiness"
+            )
+            try:
+                await _wait_for_stop_signal()
+            finally:
+                readiness.cancel()
+                await asyncio.gather(readiness, return_exceptions=True)
+            await _drain(
+                config, servicer, supervisor, server, health=health, notifier=notifier
+            )
         return EXIT_OK
     finally:
-        await supervisor.shutdown(config.grace_s)
+        try:
+            await supervisor.shutdown(config.grace_s)
+        finally:
+            if metrics is not None:
+                metrics.close()
+            watchdog.cancel()
+            await asyncio.gather(watchdog, return_exceptions=True)
+            notifier.close()
+
+
+async def _start_server(
+    config: AgentConfig, servicer: EdgeAgentServicer, health: HealthService
+) -> grpc.aio.Server:
+    """Listen on the socket (and TCP); the agent is SERVING from here on."""
+    server = build_server(config, servicer, health)
+    _bind(server, config.socket)
+    if config.tcp_address:
+        _bind(server, _tcp_target(config.tcp_address))
+    await server.start()
+    if config.socket_path is not None:
+        os.chmod(config.socket_path, config.socket_mode)
+    health.serving()
+    log.info(
+        "Agent ready on %s%s, %d model component(s) in %s",
+        config.socket,
+        f" and {_tcp_target(config.tcp_address)}" if config.tcp_address else "",
+        len(servicer.supervisor.models),
+        config.model_dir,
+    )
+    return server
 
 
 async def _drain(
@@ -164,13 +212,20 @@ async def _drain(
     servicer: EdgeAgentServicer,
     supervisor: Supervisor,
     server: grpc.aio.Server,
+    *,
+    health: HealthService,
+    notifier: Notifier,
 ) -> None:
     """Finish accepted requests within the grace period, refusing new ones.
 
-    New work is refused with UNAVAILABLE while the socket still accepts, so
-    a client learns why; then gRPC stops, and the workers after it.
+    Health says NOT_SERVING first, so that a load balancer or monitor
+    learns of the stop before any call is refused. New work is refused
+    with UNAVAILABLE while the socket still accepts, so a client learns
+    why; then gRPC stops, and the workers after it.
     """
     log.info("Stopping agent: grace %g s for accepted requests", config.grace_s)
+    health.stopping()
+    notifier.stopping(f"Stopping: grace {config.grace_s:g} s for accepted requests")
     deadline = time.monotonic() + config.grace_s
     servicer.draining = True
     if not await supervisor.drain(config.grace_s):
@@ -179,6 +234,7 @@ async def _drain(
             config.grace_s,
             supervisor.describe_admitted(),
         )
+    health.close()
     await server.stop(max(deadline - time.monotonic(), 0.5))
 
 
@@ -217,3 +273,43 @@ async def _wait_for_stop_signal() -> None:
     finally:
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(signum)
+
+
+@contextlib.contextmanager
+def _rescan_on_hangup(config: AgentConfig, supervisor: Supervisor) -> Iterator[None]:
+    """While inside, SIGHUP rescans the model directory (on the loop)."""
+    loop = asyncio.get_running_loop()
+    hangup = asyncio.Event()
+
+    async def rescan_each_time() -> None:
+        while True:
+            await hangup.wait()
+            hangup.clear()
+            _log_rescan(config, supervisor.rescan())
+
+    task = asyncio.create_task(rescan_each_time(), name="rescan")
+    loop.add_signal_handler(signal.SIGHUP, hangup.set)
+    try:
+        yield
+    finally:
+        loop.remove_signal_handler(signal.SIGHUP)
+        # Ignored, not fatal, while the workers stop.
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
+        task.cancel()
+
+
+def _log_rescan(config: AgentConfig, result: RescanResult) -> None:
+    changes = [
+        f"{what} {', '.join(names)}"
+        for what, names in (
+            ("added", result.added),
+            ("removed", result.removed),
+            ("kept while started, though gone", result.kept),
+        )
+        if names
+    ]
+    log.info(
+        "Rescanned model directory %s on SIGHUP: %s",
+        config.model_dir,
+        "; ".join(changes) or "no change",
+    )

@@ -1,24 +1,28 @@
 """The five Edge Agent RPCs, on top of the supervisor.
 
-Every failure leaves through ``context.abort`` with a status code from the
-contract and a message saying what was wrong and what is allowed. The
-handlers run on the event loop; the only blocking work they do is copying
-an inline image into a staging segment.
+Every failure is a RequestError that ``_rpc`` turns into ``context.abort``
+with a status code from the contract and a message saying what was wrong
+and what is allowed; ``_rpc`` also counts and times every RPC, whatever its
+outcome (``frontend/metrics.py``). The handlers run on the event loop; the
+only blocking work they do is copying an inline image into a staging
+segment.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Coroutine
+from typing import Any, TypeVar
 
 import grpc
 
 from frontend._proto import edge_agent_pb2 as pb2
 from frontend._proto import edge_agent_pb2_grpc as pb2_grpc
 from frontend.errors import RequestError
+from frontend.metrics import Metrics
 from frontend.supervisor import Model, ModelState, Supervisor
 from frontend.validation import DetectJob, check_name, check_segments, parse_detect
 from frontend.worker import WorkerLostError, WorkerProcess
@@ -30,6 +34,9 @@ log = logging.getLogger(__name__)
 
 Context = grpc.aio.ServicerContext[Any, Any]
 Reply = asyncio.Future[tuple[messages.Record, Any]]
+RequestT = TypeVar("RequestT")
+ResponseT = TypeVar("ResponseT")
+Handler = Callable[[Any, RequestT, Context], Coroutine[Any, Any, ResponseT]]
 
 _ERROR_CODES = {
     messages.KIND_INVALID_ARGUMENT: grpc.StatusCode.INVALID_ARGUMENT,
@@ -85,12 +92,61 @@ def _result(
     return result
 
 
+def _rpc(
+    name: str,
+) -> Callable[[Handler[RequestT, ResponseT]], Handler[RequestT, ResponseT]]:
+    """End the RPC ``name`` on a RequestError; count and time every outcome.
+
+    ``context.abort`` raises, so the status is noted before it is called.
+    A cancelled RPC counts as CANCELLED, a bug as UNKNOWN (gRPC's answer).
+    """
+
+    def decorate(handler: Handler[RequestT, ResponseT]) -> Handler[RequestT, ResponseT]:
+        @functools.wraps(handler)
+        async def run(
+            servicer: EdgeAgentServicer, request: RequestT, context: Context
+        ) -> ResponseT:
+            began_s = time.monotonic()
+            code = grpc.StatusCode.UNKNOWN
+            try:
+                response = await handler(servicer, request, context)
+                code = grpc.StatusCode.OK
+                return response
+            except RequestError as exc:
+                code = exc.code
+                await context.abort(exc.code, exc.details)
+            except asyncio.CancelledError:
+                code = grpc.StatusCode.CANCELLED
+                raise
+            finally:
+                servicer.metrics.observe_rpc(
+                    name,
+                    servicer.model_label(request),
+                    code,
+                    time.monotonic() - began_s,
+                )
+
+        return run
+
+    return decorate
+
+
 class EdgeAgentServicer(pb2_grpc.EdgeAgentServicer):
     def __init__(self, supervisor: Supervisor) -> None:
         self.supervisor = supervisor
         self.config = supervisor.config
+        self.metrics = Metrics(supervisor)
         # Set when the agent stops: new work is refused, accepted work ends.
         self.draining = False
+
+    def model_label(self, request: object) -> str:
+        """The model a request names, if the agent knows it; else empty.
+
+        Names the agent does not know would let any client add series to
+        the metrics without bound.
+        """
+        name = getattr(request, "model_component", "")
+        return name if name in self.supervisor.models else ""
 
     def _refuse_when_draining(self) -> None:
         if self.draining:
@@ -100,24 +156,26 @@ class EdgeAgentServicer(pb2_grpc.EdgeAgentServicer):
                 "it is back",
             )
 
+    @_rpc("DetectAnomalies")
     async def DetectAnomalies(
         self, request: pb2.DetectAnomaliesRequest, context: Context
     ) -> pb2.DetectAnomaliesResponse:
+        began_s = time.monotonic()
+        self._refuse_when_draining()
+        job = parse_detect(request)
+        model = self.supervisor.get(job.model)
+        timeout_s, client_limited = self._timeout(context, model)
+        worker, release = model.admit()
         try:
-            self._refuse_when_draining()
-            job = parse_detect(request)
-            model = self.supervisor.get(job.model)
-            timeout_s, client_limited = self._timeout(context, model)
-            worker, release = model.admit()
-            try:
-                check_segments(job)
-                future = self._dispatch(model, worker, job, timeout_s, release)
-            except BaseException:
-                release()
-                raise
-            result = await self._reply(model, job, future, timeout_s, client_limited)
-        except RequestError as exc:
-            await context.abort(exc.code, exc.details)
+            check_segments(job)
+            future, sent_s = self._dispatch(model, worker, job, timeout_s, release)
+        except BaseException:
+            release()
+            raise
+        reply, payload = await self._reply(model, future, timeout_s, client_limited)
+        assert model.component is not None
+        result = _result(model.component, job, reply, payload)
+        self.metrics.observe_detect(model.name, began_s, sent_s, reply)
         return pb2.DetectAnomaliesResponse(detect_anomaly_result=result)
 
     def _timeout(self, context: Context, model: Model) -> tuple[float, bool]:
@@ -135,8 +193,12 @@ class EdgeAgentServicer(pb2_grpc.EdgeAgentServicer):
         job: DetectJob,
         timeout_s: float,
         release: Callable[[], None],
-    ) -> Reply:
-        """Send the job to the worker; its slot is released with the reply."""
+    ) -> tuple[Reply, float]:
+        """Send the job to the worker; its slot is released with the reply.
+
+        Returns the reply's future and when the request was sent
+        (CLOCK_MONOTONIC), where its queue wait begins.
+        """
         component = model.component
         assert component is not None
         pool = model.staging
@@ -154,13 +216,14 @@ class EdgeAgentServicer(pb2_grpc.EdgeAgentServicer):
                 image = staging.write(job.inline)
             else:
                 payload = job.inline
+        sent_s = time.monotonic()
         request = messages.DetectRequest(
             id=worker.next_id(),
             width=job.width,
             height=job.height,
             image=image,
             mask=job.mask if component.is_segmentation else None,
-            deadline_s=time.monotonic() + timeout_s,
+            deadline_s=sent_s + timeout_s,
         )
 
         def finished(future: Reply) -> None:
@@ -179,16 +242,16 @@ class EdgeAgentServicer(pb2_grpc.EdgeAgentServicer):
                 pool.release(staging)
             raise RequestError(grpc.StatusCode.INTERNAL, str(exc)) from None
         future.add_done_callback(finished)
-        return future
+        return future, sent_s
 
     async def _reply(
         self,
         model: Model,
-        job: DetectJob,
         future: Reply,
         timeout_s: float,
         client_limited: bool,
-    ) -> pb2.DetectAnomalyResult:
+    ) -> tuple[messages.DetectReply, Any]:
+        """The worker's result and its mask payload, or a RequestError."""
         try:
             reply, payload = await asyncio.wait_for(asyncio.shield(future), timeout_s)
         except WorkerLostError as exc:
@@ -208,34 +271,28 @@ class EdgeAgentServicer(pb2_grpc.EdgeAgentServicer):
             code = _ERROR_CODES.get(reply.kind, grpc.StatusCode.INTERNAL)
             raise RequestError(code, reply.message)
         assert isinstance(reply, messages.DetectReply)
-        assert model.component is not None
-        return _result(model.component, job, reply, payload)
+        return reply, payload
 
+    @_rpc("StartModel")
     async def StartModel(
         self, request: pb2.StartModelRequest, context: Context
     ) -> pb2.StartModelResponse:
-        try:
-            self._refuse_when_draining()
-            model = self.supervisor.get(
-                check_name(request.model_component), rescan=True
-            )
-            state = model.start()
-        except RequestError as exc:
-            await context.abort(exc.code, exc.details)
+        self._refuse_when_draining()
+        model = self.supervisor.get(check_name(request.model_component), rescan=True)
+        state = model.start()
         log.info("Starting model model=%s", model.name)
         return pb2.StartModelResponse(status=_status(state))
 
+    @_rpc("StopModel")
     async def StopModel(
         self, request: pb2.StopModelRequest, context: Context
     ) -> pb2.StopModelResponse:
-        try:
-            self._refuse_when_draining()
-            model = self.supervisor.get(check_name(request.model_component))
-            state = await model.stop()
-        except RequestError as exc:
-            await context.abort(exc.code, exc.details)
+        self._refuse_when_draining()
+        model = self.supervisor.get(check_name(request.model_component))
+        state = await model.stop()
         return pb2.StopModelResponse(status=_status(state))
 
+    @_rpc("ListModels")
     async def ListModels(
         self, request: pb2.ListModelsRequest, context: Context
     ) -> pb2.ListModelsResponse:
@@ -251,15 +308,11 @@ class EdgeAgentServicer(pb2_grpc.EdgeAgentServicer):
             )
         return response
 
+    @_rpc("DescribeModel")
     async def DescribeModel(
         self, request: pb2.DescribeModelRequest, context: Context
     ) -> pb2.DescribeModelResponse:
-        try:
-            model = self.supervisor.get(
-                check_name(request.model_component), rescan=True
-            )
-        except RequestError as exc:
-            await context.abort(exc.code, exc.details)
+        model = self.supervisor.get(check_name(request.model_component), rescan=True)
         return pb2.DescribeModelResponse(
             model_description=pb2.ModelDescription(
                 model_component=model.name,

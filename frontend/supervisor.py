@@ -22,6 +22,7 @@ import signal
 import time
 from collections import deque
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
@@ -361,6 +362,21 @@ class Model:
         return worker, release
 
 
+@dataclass(frozen=True)
+class RescanResult:
+    """What a rescan of the model directory changed, by component name."""
+
+    added: tuple[str, ...] = ()
+    removed: tuple[str, ...] = ()
+    # Gone from the directory but still started: kept until stopped, and
+    # dropped by the first rescan after that.
+    kept: tuple[str, ...] = ()
+
+    @property
+    def changed(self) -> bool:
+        return bool(self.added or self.removed)
+
+
 class Supervisor:
     """All known models, the cores they share and the workers' plumbing."""
 
@@ -370,6 +386,9 @@ class Supervisor:
         # Called on the event loop after every change of a model's state
         # (health status, metrics); they must not block or raise.
         self.state_listeners: list[Callable[[Model, ModelState], None]] = []
+        # Called on the event loop after a rescan added or removed models;
+        # the same rules apply.
+        self.rescan_listeners: list[Callable[[RescanResult], None]] = []
         self.cores = CoreAllocator()
         self.zmq_context = zmq.asyncio.Context()
         self.run_dir = make_run_dir()
@@ -387,19 +406,31 @@ class Supervisor:
             log_format=config.log_format,
         )
 
-    def rescan(self) -> None:
-        """Pick up components added to the model directory, drop removed ones."""
+    def rescan(self) -> RescanResult:
+        """Pick up components added to the model directory, drop removed ones.
+
+        A removed component is dropped only when STOPPED or FAILED; a
+        started one keeps serving. Models that stay are not touched.
+        """
         found = scan_model_dir(self.config.model_dir)
-        for name in found:
-            if name not in self.models:
-                self.models[name] = Model(name, self.config.model_dir / name, self)
+        added = [name for name in found if name not in self.models]
+        for name in added:
+            self.models[name] = Model(name, self.config.model_dir / name, self)
+        removed: list[str] = []
+        kept: list[str] = []
         for name in list(self.models):
-            model = self.models[name]
-            if name not in found and model.state in (
-                ModelState.STOPPED,
-                ModelState.FAILED,
-            ):
+            if name in found:
+                continue
+            if self.models[name].state in (ModelState.STOPPED, ModelState.FAILED):
                 del self.models[name]
+                removed.append(name)
+            else:
+                kept.append(name)
+        result = RescanResult(tuple(added), tuple(removed), tuple(kept))
+        if result.changed:
+            for listener in self.rescan_listeners:
+                listener(result)
+        return result
 
     def get(self, name: str, *, rescan: bool = False) -> Model:
         model = self.models.get(name)

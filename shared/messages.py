@@ -58,6 +58,9 @@ class DetectReply:
     mask_height: int = 0
     mask_in_segment: bool = False
     inference_s: float = 0.0
+    # CLOCK_MONOTONIC seconds when the worker took the request from its
+    # queue; 0 from a worker that does not say.
+    started_s: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -79,6 +82,8 @@ class Heartbeat:
     rss_bytes: int
     requests: int
     latency_ms_p50: float
+    # User and system CPU seconds of the worker process so far.
+    cpu_s: float = 0.0
 
 
 @dataclass(frozen=True)

@@ -28,6 +28,9 @@ from frontend._proto import edge_agent_pb2_grpc as pb2_grpc
 from frontend.client import MESSAGE_LIMIT, EdgeAgentClient
 
 ROOT = Path(__file__).resolve().parent.parent
+# Not inherited from the test run (which may itself run under systemd): a
+# test that wants them passes them in ``env``.
+SERVICE_MANAGER_VARIABLES = ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID")
 
 
 def wait_until(
@@ -46,7 +49,11 @@ def wait_until(
 
 class Agent:
     def __init__(
-        self, model_dir: Path, *args: str, socket_path: Path | None = None
+        self,
+        model_dir: Path,
+        *args: str,
+        socket_path: Path | None = None,
+        env: dict[str, str] | None = None,
     ) -> None:
         self.dir = Path(tempfile.mkdtemp(prefix="ea-", dir="/tmp"))
         # A test may reuse another agent's path (stale socket, second agent).
@@ -62,7 +69,11 @@ class Agent:
             *args,
         ]  # fmt: skip
         self.process = subprocess.Popen(
-            command, stdout=self._log, stderr=subprocess.STDOUT, cwd=ROOT
+            command,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            cwd=ROOT,
+            env={**_inherited_environment(), **(env or {})},
         )
         self.pid = self.process.pid
         self.channel = grpc.insecure_channel(
@@ -153,15 +164,27 @@ class Agent:
         assert not alive, f"workers outlived the agent: {[p.pid for p in alive]}"
 
 
+def _inherited_environment() -> dict[str, str]:
+    return {
+        name: value
+        for name, value in os.environ.items()
+        if name not in SERVICE_MANAGER_VARIABLES
+    }
+
+
 def agent_segments(pid: int) -> list[str]:
     """Staging segments in /dev/shm that belong to the agent ``pid``."""
     return [n for n in os.listdir("/dev/shm") if n.startswith(f"edge-agent.{pid}.")]
 
 
 def running_agent(
-    model_dir: Path, *args: str, socket_path: Path | None = None
+    model_dir: Path,
+    *args: str,
+    socket_path: Path | None = None,
+    env: dict[str, str] | None = None,
 ) -> Iterator[Agent]:
-    agent = Agent(model_dir, *args, socket_path=socket_path)
+    """An agent for a with block; ``env`` adds to the inherited environment."""
+    agent = Agent(model_dir, *args, socket_path=socket_path, env=env)
     try:
         yield agent
     finally:

@@ -125,9 +125,11 @@ class Worker:
             )
             self.socket.send_multipart(messages.encode(expired))
             return
+        # CLOCK_MONOTONIC is system-wide: the frontend times the queue with it.
+        started_s = time.monotonic()
         start = time.perf_counter()
         try:
-            frames = self.detect(request, payload)
+            frames = self.detect(request, payload, started_s)
         except SegmentError as exc:
             frames = messages.encode(
                 messages.ErrorReply(
@@ -147,7 +149,9 @@ class Worker:
         self.latencies_ms.append((time.perf_counter() - start) * 1000)
         self.socket.send_multipart(frames, copy=False)
 
-    def detect(self, request: messages.DetectRequest, payload: object) -> list[Any]:
+    def detect(
+        self, request: messages.DetectRequest, payload: object, started_s: float
+    ) -> list[Any]:
         shape = (request.height, request.width, 3)
         if request.image is not None:
             image = self.images.view(request.image, shape, "bitmap")
@@ -162,11 +166,14 @@ class Worker:
             raise ValueError("the graph returned a score that is not a number")
         if prediction.label_mask is None:
             reply = messages.DetectReply(
-                id=request.id, score=prediction.score, inference_s=inference_s
+                id=request.id,
+                score=prediction.score,
+                inference_s=inference_s,
+                started_s=started_s,
             )
             return messages.encode(reply)
         return self.mask_reply(
-            request, prediction.score, prediction.label_mask, inference_s
+            request, prediction.score, prediction.label_mask, inference_s, started_s
         )
 
     def mask_reply(
@@ -175,6 +182,7 @@ class Worker:
         score: float,
         label_mask: np.ndarray,
         inference_s: float,
+        started_s: float,
     ) -> list[Any]:
         height, width = label_mask.shape
         if request.mask is not None:
@@ -192,6 +200,7 @@ class Worker:
             mask_height=height,
             mask_in_segment=request.mask is not None,
             inference_s=inference_s,
+            started_s=started_s,
         )
         if request.mask is not None:
             return messages.encode(reply)
@@ -224,6 +233,7 @@ class Worker:
 
     def send_heartbeat(self) -> None:
         latencies = list(self.latencies_ms)
+        cpu = self.process.cpu_times()
         beat = messages.Heartbeat(
             pid=os.getpid(),
             state="serving",
@@ -231,6 +241,7 @@ class Worker:
             rss_bytes=self.process.memory_info().rss,
             requests=self.requests,
             latency_ms_p50=statistics.median(latencies) if latencies else 0.0,
+            cpu_s=cpu.user + cpu.system,
         )
         try:
             self.socket.send_multipart(messages.encode(beat), flags=zmq.NOBLOCK)

@@ -41,6 +41,7 @@ RECORDS: list[Any] = [
         mask_height=32,
         mask_in_segment=True,
         inference_s=1e-05,
+        started_s=123456.789,
     ),
     ErrorReply(
         id=6, kind=messages.KIND_INVALID_ARGUMENT, message='bad "name" é\n\0'
@@ -53,6 +54,7 @@ RECORDS: list[Any] = [
         rss_bytes=2**40,
         requests=17,
         latency_ms_p50=3.25,
+        cpu_s=12.5,
     ),
     Heartbeat(pid=1, state="serving", cores=[], rss_bytes=0, requests=0,
               latency_ms_p50=0.0),
@@ -102,6 +104,19 @@ def test_segment_refs_decode_to_segment_refs() -> None:
     assert isinstance(record.image, SegmentRef)
     assert isinstance(record.mask, SegmentRef)
     assert record.image.offset == 2**64 - 1
+
+
+def test_headers_without_the_timing_fields_still_decode() -> None:
+    """A worker that predates ``started_s`` and ``cpu_s`` is still understood."""
+    reply, _ = decode([b"result", b'{"id":4,"score":0.5,"inference_s":0.25}'])
+    assert reply == DetectReply(id=4, score=0.5, inference_s=0.25, started_s=0.0)
+    beat, _ = decode([
+        b"heartbeat",
+        b'{"pid":1,"state":"serving","cores":[0],"rss_bytes":9,"requests":0,'
+        b'"latency_ms_p50":0.0}',
+    ])  # fmt: skip
+    assert isinstance(beat, Heartbeat)
+    assert beat.cpu_s == 0.0
 
 
 def test_encoded_frames_are_exact() -> None:
