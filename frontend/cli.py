@@ -99,6 +99,10 @@ def _client_parsers(sub: Any) -> None:
     p.add_argument("--inline", action="store_true", help="send bytes, not shm")
     p.add_argument("--mask", type=Path, help="save the anomaly mask as PNG")
     p.add_argument(
+        "--segment-mode", default="0600", metavar="MODE",
+        help="mode of our segments; 0660 for an agent run as another user",
+    )  # fmt: skip
+    p.add_argument(
         "--mask-in-segment", action="store_true",
         help="have the agent write the mask into a segment of ours",
     )  # fmt: skip
@@ -206,7 +210,8 @@ def _running_model(client: Any) -> str:
 def _run_client(args: argparse.Namespace) -> int:
     from frontend.client import EdgeAgentClient
 
-    with EdgeAgentClient(args.socket) as client:
+    mode = int(getattr(args, "segment_mode", "0600"), 8)
+    with EdgeAgentClient(args.socket, segment_mode=mode) as client:
         if args.command == "detect":
             image = _read_image(args.image)
             model = args.model or _running_model(client)

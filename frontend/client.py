@@ -29,10 +29,12 @@ MESSAGE_LIMIT = 64 * MIB + MIB
 class ClientSegment:
     """A segment owned by this client: created here, unlinked on close."""
 
-    def __init__(self, size: int, prefix: str = "edge-agent-client") -> None:
+    def __init__(
+        self, size: int, prefix: str = "edge-agent-client", mode: int = 0o600
+    ) -> None:
         self.name = f"{prefix}-{os.getpid()}-{secrets.token_hex(4)}"
         self.size = size
-        fd = create_segment(self.name, size)
+        fd = create_segment(self.name, size, mode)
         try:
             self.region = mmap.mmap(fd, size)
         except BaseException:
@@ -101,7 +103,15 @@ def status_name(status: int) -> str:
 class EdgeAgentClient:
     """A channel to the agent and the five calls."""
 
-    def __init__(self, address: str = DEFAULT_SOCKET, timeout_s: float = 60.0) -> None:
+    def __init__(
+        self,
+        address: str = DEFAULT_SOCKET,
+        timeout_s: float = 60.0,
+        segment_mode: int = 0o600,
+    ) -> None:
+        """``segment_mode`` 0o660 lets an agent of the same group, run as
+        another user (as under deploy/edge-agent.service), use our segments."""
+        self.segment_mode = segment_mode
         self.channel = grpc.insecure_channel(
             address,
             options=[
@@ -145,13 +155,13 @@ class EdgeAgentClient:
             if inline:
                 request.bitmap.byte_data = image.tobytes()
             else:
-                segment = ClientSegment(size)
+                segment = ClientSegment(size, mode=self.segment_mode)
                 segments.append(segment)
                 segment.array(image.shape)[...] = image
                 request.bitmap.shared_memory_handle.CopyFrom(segment.handle(size))
             mask_segment = None
             if want_mask_in_segment:
-                mask_segment = ClientSegment(size)
+                mask_segment = ClientSegment(size, mode=self.segment_mode)
                 segments.append(mask_segment)
                 request.anomaly_mask_params.shared_memory_handle.CopyFrom(
                     mask_segment.handle(size)

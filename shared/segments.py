@@ -126,15 +126,19 @@ def check_segment(ref: SegmentRef, role: str, *, writable: bool = False) -> None
         os.close(fd)
 
 
-def create_segment(name: str, size: int) -> int:
+def create_segment(name: str, size: int, mode: int = 0o600) -> int:
     """Create a segment of ``size`` bytes, its memory reserved, and return fd.
 
     ``ftruncate`` alone succeeds on a full tmpfs and the first write then
     dies with SIGBUS; ``posix_fallocate`` fails with ENOSPC instead.
+    ``mode`` is set exactly, whatever the umask: a client whose agent runs
+    as another user gives the agent's group read access (0640), or read
+    and write for a mask segment (0660).
     """
     path = os.path.join(SHM_DIR, name)
     fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_RDWR | os.O_CLOEXEC, 0o600)
     try:
+        os.fchmod(fd, mode)
         if size > 0:
             os.posix_fallocate(fd, 0, size)
     except BaseException as exc:

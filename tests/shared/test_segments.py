@@ -408,3 +408,17 @@ def test_unlink_segment(shm_path: Callable[[], str]) -> None:
     unlink_segment(name)
     assert not os.path.lexists(os.path.join(SHM_DIR, name))
     unlink_segment(name)  # a missing one is fine
+
+
+def test_create_segment_sets_the_mode_whatever_the_umask() -> None:
+    name = f"ea-unit-mode-{os.getpid()}"
+    old = os.umask(0o077)
+    try:
+        fd = create_segment(name, 4096, mode=0o660)
+    finally:
+        os.umask(old)
+    try:
+        assert os.fstat(fd).st_mode & 0o777 == 0o660
+    finally:
+        os.close(fd)
+        unlink_segment(name)
