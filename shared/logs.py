@@ -3,8 +3,9 @@
 Every line carries the process id and its role; a worker's lines also name
 its model, so an operator can tell workers apart in one merged stream.
 Lines are human-readable text, or JSON objects one per line for log
-collectors; in JSON the ``model=`` and ``pid=`` tokens of a message also
-become fields.
+collectors; in JSON the ``model=`` token of a message becomes a field, and
+its ``pid=`` token, naming the worker a frontend line is about,
+``worker_pid``.
 """
 
 from __future__ import annotations
@@ -36,7 +37,13 @@ class JsonFormatter(logging.Formatter):
         if self.model:
             entry["model"] = self.model
         for key, value in _TOKEN.findall(message):
-            entry.setdefault(key, int(value) if value.isdigit() else value)
+            if key == "pid":
+                # "pid" is the writing process; a pid named in the message
+                # is the worker the line is about.
+                if value.isdigit() and int(value) != record.process:
+                    entry.setdefault("worker_pid", int(value))
+            else:
+                entry.setdefault(key, value)
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
         return json.dumps(entry, separators=(",", ":"))
