@@ -170,6 +170,13 @@ def main(argv: list[str] | None = None) -> int:
             args.models,
             name=NAME,
             seed=SEED,
+            # Measured: the pretrained recipes separate these samples less
+            # well than the fixed filters (lite0 + memory bank: the worst
+            # good sample 1.27x, the faintest crack 1.35x the largest
+            # held-out good distance; a Gaussian per cell flags the bottom
+            # half, whose perspective differs, as a whole), so the bundled
+            # texture keeps the fixed recipe.
+            backbone="fixed",
             description=(
                 "Brick wall texture (scikit-image brick.png, CC0, CC0Textures "
                 f"'Bricks25'): {N_TRAIN_LARGE} {CROP}px and {N_TRAIN_SMALL} "

@@ -1,4 +1,7 @@
-"""Command line: `edge-agent train GOOD_DIR --out DIR --name NAME [...]`."""
+"""Command line: `edge-agent train GOOD_DIR --out DIR --name NAME [...]`.
+
+Progress counters of long steps go to stderr; messages to stdout.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +9,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from trainer.fit import KINDS, TrainingError, build_component
+from trainer.fit import BACKBONES, KINDS, METHODS, TrainingError, build_component
 
 
 def _size(text: str) -> tuple[int, int]:
@@ -30,6 +33,27 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--kind", choices=KINDS, default="segmentation")
     parser.add_argument("--version", default="1.0.0", help="MAJOR.MINOR.PATCH")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--backbone",
+        choices=BACKBONES,
+        default="lite0",
+        help="lite0: ImageNet-pretrained EfficientNet-Lite0 (needs the train "
+        "extra); fixed: fixed filter bank, no torch (default lite0)",
+    )
+    parser.add_argument(
+        "--method",
+        choices=METHODS,
+        help="gaussian: a Gaussian per image cell, for parts in a fixed pose "
+        "(lite0's default); patchcore: a memory bank shared by all cells, for "
+        "textures and parts in any position (fixed's default)",
+    )
+    parser.add_argument(
+        "--defects",
+        type=Path,
+        metavar="DIR",
+        help="MVTec-layout folder (test/<kind>, ground_truth/<kind>) to "
+        "calibrate on real defects and label each defect kind in the mask",
+    )
     parser.add_argument(
         "--force", action="store_true", help="replace an existing component"
     )
@@ -56,6 +80,9 @@ def main(argv: list[str] | None = None) -> int:
             version=args.version,
             cores=args.cores,
             seed=args.seed,
+            backbone=args.backbone,
+            method=args.method,
+            defects_dir=args.defects,
             input_size=args.input_size,
             progress=print,
             overwrite=args.force,

@@ -80,6 +80,33 @@ class Scoring:
     bank: np.ndarray
     image_threshold: float
     pixel_threshold: float
+    # [K, d] mean projected feature of each labelled defect kind; anomalous
+    # pixels take the label of the nearest one. None: a single "anomaly".
+    prototypes: np.ndarray | None = None
+
+
+@dataclass(frozen=True)
+class GaussianScoring:
+    """Fitted parameters of the per-location Gaussian (PaDiM-style) stage.
+
+    `proj_w` [d, D] and `proj_b` [d] are the projection as in `Scoring`;
+    `means` [d, h/8, w/8] is the mean projected feature of every cell;
+    `whiten` [blocks, d, d] holds, per `block` x `block` group of cells, a
+    factor L of the inverse covariance (L L^T = C^-1), so that the
+    Mahalanobis distance of a centred feature x is ||x^T L||.
+    """
+
+    proj_w: np.ndarray
+    proj_b: np.ndarray
+    means: np.ndarray
+    whiten: np.ndarray
+    block: int
+    image_threshold: float
+    pixel_threshold: float
+    prototypes: np.ndarray | None = None
+
+
+AnyScoring = Scoring | GaussianScoring
 
 
 class _Builder:
@@ -198,12 +225,82 @@ def _finish(
     return model
 
 
-def build_feature_model(input_size: tuple[int, int], seed: int) -> onnx.ModelProto:
-    """Graph `image` -> `features` [1, D, h/8, w/8], used during training."""
+def _pretrained_features(
+    b: _Builder, image: str, input_size: tuple[int, int], backbone: onnx.GraphProto
+) -> str:
+    """Resize and cast the image, then splice in the exported backbone graph.
+
+    `backbone` maps a float NCHW image in bytes (0..255) at the working size
+    to features [1, D, h/8, w/8]; its one input and one output are rewired,
+    and every other name gets a prefix so it cannot collide with ours.
+    """
+    width, height = input_size
+    batched = b.op("Unsqueeze", [image, b.ints("axes", [0])])
+    small = b.op(
+        "Resize",
+        [batched, "", "", b.ints("sizes", [1, height, width, 3])],
+        mode="linear",
+        antialias=1,
+    )
+    as_float = b.op("Cast", [small], to=TensorProto.FLOAT)
+    nchw = b.op("Transpose", [as_float], perm=[0, 3, 1, 2])
+    source = backbone.input[0].name
+    result = backbone.output[0].name
+    out = b.op("Identity", [nchw])  # reserves a unique name for the result
+    feats = b._name("backbone_features")
+
+    def rename(name: str) -> str:
+        if name == "":
+            return name
+        if name == source:
+            return out
+        if name == result:
+            return feats
+        return f"bb/{name}"
+
+    for init in backbone.initializer:
+        tensor = onnx.TensorProto()
+        tensor.CopyFrom(init)
+        tensor.name = rename(init.name)
+        b.inits.append(tensor)
+    for node in backbone.node:
+        spliced = onnx.NodeProto()
+        spliced.CopyFrom(node)
+        spliced.name = f"bb/{node.name}"
+        spliced.input[:] = [rename(n) for n in node.input]
+        spliced.output[:] = [rename(n) for n in node.output]
+        b.nodes.append(spliced)
+    return feats
+
+
+def _stage(
+    b: _Builder,
+    input_size: tuple[int, int],
+    seed: int,
+    backbone: onnx.GraphProto | None,
+) -> str:
+    if backbone is None:
+        return _features(b, "image", input_size, seed)
+    return _pretrained_features(b, "image", input_size, backbone)
+
+
+def build_feature_model(
+    input_size: tuple[int, int],
+    seed: int,
+    backbone: onnx.GraphProto | None = None,
+) -> onnx.ModelProto:
+    """Graph `image` -> `features` [1, D, h/8, w/8], used during training.
+
+    Without `backbone` the features are the fixed filter bank; with it, the
+    exported pretrained network (see `trainer.backbones`).
+    """
     b = _Builder()
-    b.op("Identity", [_features(b, "image", input_size, seed)], out="features")
+    b.op("Identity", [_stage(b, input_size, seed, backbone)], out="features")
     grid = [input_size[1] // GRID_STRIDE, input_size[0] // GRID_STRIDE]
-    channels = feature_channels(filter_bank(seed))
+    if backbone is None:
+        channels: int | str = feature_channels(filter_bank(seed))
+    else:
+        channels = "channels"
     out = helper.make_tensor_value_info(
         "features", TensorProto.FLOAT, [1, channels, *grid]
     )
@@ -213,10 +310,11 @@ def build_feature_model(input_size: tuple[int, int], seed: int) -> onnx.ModelPro
 def build_component_model(
     input_size: tuple[int, int],
     seed: int,
-    scoring: Scoring,
+    scoring: AnyScoring,
     *,
     segmentation: bool,
     raw_outputs: bool = False,
+    backbone: onnx.GraphProto | None = None,
 ) -> onnx.ModelProto:
     """The full component graph.
 
@@ -224,7 +322,7 @@ def build_component_model(
     [1, 1, h/8, w/8] are exposed too; the trainer uses them for calibration.
     """
     b = _Builder()
-    feats = _features(b, "image", input_size, seed)
+    feats = _stage(b, input_size, seed, backbone)
     z = b.op(
         "Conv",
         [
@@ -233,31 +331,19 @@ def build_component_model(
             b.const("proj_b", scoring.proj_b.astype(np.float32)),
         ],
     )
-    # Squared distance to every bank entry as ||z||^2 - 2 z.m + ||m||^2, with
-    # the cross term one MatMul. Patches go in rows so that the minimum over
-    # the bank runs along the contiguous last axis: ReduceMin over the channel
-    # axis of a conv output was measured ~10x slower.
     grid_h, grid_w = input_size[1] // GRID_STRIDE, input_size[0] // GRID_STRIDE
-    d = scoring.bank.shape[1]
+    d = scoring.proj_w.shape[0]
+    # Patches go in rows so that reductions run along the contiguous last
+    # axis: ReduceMin over the channel axis of a conv output was measured
+    # ~10x slower.
     rows = b.op(
         "Transpose", [b.op("Reshape", [z, b.ints("shape", [d, -1])])], perm=[1, 0]
     )
-    bank = scoring.bank.astype(np.float32)
-    cross = b.op(
-        "Add",
-        [
-            b.op(
-                "MatMul",
-                [rows, b.const("bank_neg2_t", np.ascontiguousarray(-2.0 * bank.T))],
-            ),
-            b.const("bank_sq", (bank**2).sum(axis=1).astype(np.float32)),
-        ],
-    )
-    nearest = b.op("ReduceMin", [cross, b.ints("axes", [1])], keepdims=1)
-    z_sq = b.op("ReduceSumSquare", [rows, b.ints("axes", [1])], keepdims=1)
-    # Relu clips tiny negative values left by float cancellation.
-    dist_rows = b.op("Sqrt", [b.op("Relu", [b.op("Add", [nearest, z_sq])])])
-    dist = b.op("Reshape", [dist_rows, b.ints("shape", [1, 1, grid_h, grid_w])])
+    if isinstance(scoring, GaussianScoring):
+        dist = _mahalanobis(b, z, scoring, (grid_h, grid_w))
+    else:
+        dist_rows = _nearest_distance(b, rows, scoring.bank, reduce="min")
+        dist = b.op("Reshape", [dist_rows, b.ints("shape", [1, 1, grid_h, grid_w])])
     padded = b.op("Pad", [dist, b.ints("pads", [0, 0, 2, 2, 0, 0, 2, 2])], mode="edge")
     raw_map = b.op("Conv", [padded, b.const("smooth_w", gaussian_kernel(SMOOTH_SIGMA))])
     raw_score = b.op(
@@ -270,33 +356,7 @@ def build_component_model(
     outputs = [helper.make_tensor_value_info("score", TensorProto.FLOAT, [1])]
 
     if segmentation:
-        t_pix = b.floats("t_pixel", [scoring.pixel_threshold])
-        norm_map = b.op("Div", [raw_map, b.op("Add", [raw_map, t_pix])])
-        # Normalise on the small grid, then upsample: far cheaper than doing
-        # the division per full-resolution pixel, and monotone either way.
-        hw = b.op(
-            "Slice",
-            [b.op("Shape", ["image"]), b.ints("start", [0]), b.ints("end", [2])],
-        )
-        # Resize the 2-D grid straight to [H, W]: no reshape copy of the
-        # full-resolution result afterwards.
-        flat_map = b.op("Reshape", [norm_map, b.ints("shape", [grid_h, grid_w])])
-        amap = b.op("Resize", [flat_map, "", "", hw], out="anomaly_map", mode="linear")
-        half = b.floats("half", [0.5])
-        b.op(
-            "Cast",
-            [b.op("GreaterOrEqual", [amap, half])],
-            out="mask",
-            to=TensorProto.UINT8,
-        )
-        outputs += [
-            helper.make_tensor_value_info(
-                "mask", TensorProto.UINT8, ["height", "width"]
-            ),
-            helper.make_tensor_value_info(
-                "anomaly_map", TensorProto.FLOAT, ["height", "width"]
-            ),
-        ]
+        outputs += _segmentation(b, raw_map, rows, scoring, (grid_h, grid_w))
     if raw_outputs:
         b.op("Identity", [raw_score], out="raw_score")
         b.op("Identity", [raw_map], out="raw_map")
@@ -309,3 +369,124 @@ def build_component_model(
             ),
         ]
     return _finish(b, outputs, "edge_agent_component")
+
+
+def _mahalanobis(
+    b: _Builder, z: str, scoring: GaussianScoring, grid: tuple[int, int]
+) -> str:
+    """Per-cell Mahalanobis distance to that cell's Gaussian, [1, 1, h, w]."""
+    d = scoring.proj_w.shape[0]
+    k = scoring.block
+    gh, gw = grid[0] // k, grid[1] // k
+    centred = b.op("Sub", [z, b.const("means", scoring.means[None].astype(np.float32))])
+    # [1, d, h, w] -> [blocks, k*k, d]: the cells that share one covariance
+    # become rows of one batched MatMul with that block's factor.
+    split = b.op("Reshape", [centred, b.ints("shape", [d, gh, k, gw, k])])
+    grouped = b.op(
+        "Reshape",
+        [
+            b.op("Transpose", [split], perm=[1, 3, 2, 4, 0]),
+            b.ints("shape", [gh * gw, k * k, d]),
+        ],
+    )
+    # Stored as float16 to halve the file; ORT folds the Cast at load time.
+    factor = b.op(
+        "Cast",
+        [b.const("whiten", scoring.whiten.astype(np.float16))],
+        to=TensorProto.FLOAT,
+    )
+    squared = b.op(
+        "ReduceSumSquare",
+        [b.op("MatMul", [grouped, factor]), b.ints("axes", [2])],
+        keepdims=0,
+    )
+    cells = b.op(
+        "Transpose",
+        [b.op("Reshape", [squared, b.ints("shape", [gh, gw, k, k])])],
+        perm=[0, 2, 1, 3],
+    )
+    return b.op(
+        "Sqrt", [b.op("Reshape", [cells, b.ints("shape", [1, 1, grid[0], grid[1]])])]
+    )
+
+
+def _nearest_distance(
+    b: _Builder, rows: str, points: np.ndarray, *, reduce: str
+) -> str:
+    """Distance of each row to its nearest point (`reduce="min"`, [N, 1]), or
+    the index of that point (`reduce="argmin"`, int64 [N])."""
+    points = points.astype(np.float32)
+    cross = b.op(
+        "Add",
+        [
+            b.op(
+                "MatMul",
+                [rows, b.const("bank_neg2_t", np.ascontiguousarray(-2.0 * points.T))],
+            ),
+            b.const("bank_sq", (points**2).sum(axis=1).astype(np.float32)),
+        ],
+    )
+    if reduce == "argmin":
+        # ||z||^2 is the same for every point, so it does not change the order.
+        return b.op("ArgMin", [cross], axis=1, keepdims=0)
+    nearest = b.op("ReduceMin", [cross, b.ints("axes", [1])], keepdims=1)
+    z_sq = b.op("ReduceSumSquare", [rows, b.ints("axes", [1])], keepdims=1)
+    # Relu clips tiny negative values left by float cancellation.
+    return b.op("Sqrt", [b.op("Relu", [b.op("Add", [nearest, z_sq])])])
+
+
+def _segmentation(
+    b: _Builder,
+    raw_map: str,
+    rows: str,
+    scoring: AnyScoring,
+    grid: tuple[int, int],
+) -> list[onnx.ValueInfoProto]:
+    """Add `mask` and `anomaly_map` at the input image's size."""
+    t_pix = b.floats("t_pixel", [scoring.pixel_threshold])
+    norm_map = b.op("Div", [raw_map, b.op("Add", [raw_map, t_pix])])
+    # Normalise on the small grid, then upsample: far cheaper than doing
+    # the division per full-resolution pixel, and monotone either way.
+    hw = b.op(
+        "Slice",
+        [b.op("Shape", ["image"]), b.ints("start", [0]), b.ints("end", [2])],
+    )
+    # Resize the 2-D grid straight to [H, W]: no reshape copy of the
+    # full-resolution result afterwards.
+    flat_map = b.op("Reshape", [norm_map, b.ints("shape", list(grid))])
+    amap = b.op("Resize", [flat_map, "", "", hw], out="anomaly_map", mode="linear")
+    anomalous = b.op("GreaterOrEqual", [amap, b.floats("half", [0.5])])
+    if scoring.prototypes is None:
+        b.op("Cast", [anomalous], out="mask", to=TensorProto.UINT8)
+    else:
+        # Label k+1 for the defect kind whose prototype is nearest to the
+        # cell's feature; the label grid is upsampled by nearest neighbour
+        # so labels never blend into values that name another kind.
+        index = _nearest_distance(b, rows, scoring.prototypes, reduce="argmin")
+        labels = b.op(
+            "Add",
+            [
+                b.op("Cast", [index], to=TensorProto.FLOAT),
+                b.floats("one", [1.0]),
+            ],
+        )
+        label_grid = b.op("Reshape", [labels, b.ints("shape", list(grid))])
+        label_full = b.op(
+            "Resize",
+            [label_grid, "", "", hw],
+            mode="nearest",
+            nearest_mode="floor",
+            coordinate_transformation_mode="asymmetric",
+        )
+        b.op(
+            "Cast",
+            [b.op("Where", [anomalous, label_full, b.floats("zero", [0.0])])],
+            out="mask",
+            to=TensorProto.UINT8,
+        )
+    return [
+        helper.make_tensor_value_info("mask", TensorProto.UINT8, ["height", "width"]),
+        helper.make_tensor_value_info(
+            "anomaly_map", TensorProto.FLOAT, ["height", "width"]
+        ),
+    ]

@@ -1,9 +1,11 @@
-"""Tests for the component builder and the bundled brick-texture component."""
+"""Tests for the component builder's fixed-filter recipe and the bundled
+brick-texture component; the pretrained recipe is in test_pretrained.py."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
@@ -11,11 +13,17 @@ import onnxruntime as ort
 import pytest
 from PIL import Image
 
+from trainer import fit
 from trainer.cli import main
-from trainer.fit import TrainingError, build_component
+from trainer.fit import TrainingError
 
 ROOT = Path(__file__).resolve().parents[2]
 SIZE = (64, 64)
+
+
+def build_component(*args: Any, **kwargs: Any) -> Path:
+    """The builder with the fixed filters, which these tests cover."""
+    return fit.build_component(*args, backbone="fixed", **kwargs)
 
 
 def _texture(rng: np.random.Generator, height: int = 96, width: int = 96) -> np.ndarray:
@@ -204,6 +212,7 @@ def test_sixteen_bit_photos_are_scaled_not_clipped(tmp_path: Path) -> None:
 def test_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     good = _write_good(tmp_path / "good", count=3)
     argv = [str(good), "--out", str(tmp_path / "m"), "--name", "cli"]
+    argv += ["--backbone", "fixed"]
     assert main([*argv, "--input-size", "64x64"]) == 0
     assert (tmp_path / "m" / "cli" / "model.onnx").is_file()
     assert "loaded 3 good photos" in capsys.readouterr().out
