@@ -55,6 +55,10 @@ case "$cmd" in
     ensure_venv dev
     exec "$venv/bin/python" scripts/make_bundled_model.py "$@"
     ;;
+  bench)
+    ensure_venv dev
+    exec "$venv/bin/python" scripts/bench.py "$@"
+    ;;
   *)
     echo "usage: ./run.sh [serve [ARGS...] | test [PYTEST ARGS...] | proto | bundle]" >&2
     exit 2

@@ -154,6 +154,7 @@ def _run_serve(args: argparse.Namespace) -> int:
         signal.signal(signal.SIGHUP, signal.SIG_IGN)
     from frontend.server import EXIT_CONFIG_ERROR, StartupError, serve
     from shared.logs import configure_logging
+    from shared.malloc import keep_large_buffers
 
     try:
         settings = _settings(args)
@@ -165,6 +166,7 @@ def _run_serve(args: argparse.Namespace) -> int:
         return 0
     config = settings.config
     configure_logging(config.log_level, role="frontend", fmt=config.log_format)
+    keep_large_buffers()
     if settings.config_file is not None:
         log.info("Configuration from %s", settings.config_file)
     try:

@@ -35,6 +35,7 @@ import zmq
 from shared import messages
 from shared.component import ComponentError, ModelComponent, load_component
 from shared.logs import configure_logging
+from shared.malloc import keep_large_buffers
 from shared.segments import SegmentError
 from workers.mapping import SegmentCache
 from workers.model import ModelLoadError, ModelRunner
@@ -280,6 +281,7 @@ def main(argv: list[str] | None = None) -> int:
     model = args.component_dir.name
     configure_logging(args.log_level, role="worker", model=model, fmt=args.log_format)
     _die_with_parent(args.parent_pid)
+    keep_large_buffers()
     # Ctrl-C, and a supervisor stopping the whole group (systemd's default
     # KillMode), signal the workers too: the frontend alone decides when
     # they stop, after the requests they hold are answered.

@@ -1,0 +1,40 @@
+"""Large buffers stay in the heap once the thresholds are raised."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+
+
+def test_large_buffers_are_reused_without_page_faults() -> None:
+    """4096x4096 images (48 MiB) in turn: above glibc's largest automatic
+    threshold (32 MiB) each one is a fresh mapping whose pages fault in."""
+    script = textwrap.dedent(
+        """
+        import resource, sys
+        from shared.malloc import keep_large_buffers
+        if sys.argv[1] == "raised":
+            assert keep_large_buffers()
+        data = b"x" * (48 << 20)
+        bytearray(data)  # warm the heap once
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+        for _ in range(4):
+            copy = bytearray(data)
+            del copy
+        print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+        """
+    )
+    faults = {}
+    for mode in ("default", "raised"):
+        done = subprocess.run(
+            [sys.executable, "-c", script, mode],
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=30,
+        )
+        faults[mode] = int(done.stdout)
+    # 4 x 48 MiB of 4 KiB pages is about 49,000 faults by default.
+    assert faults["default"] > 40_000, faults
+    assert faults["raised"] < faults["default"] / 10, faults
