@@ -154,6 +154,9 @@ async def _serve(config: AgentConfig) -> int:
     supervisor = Supervisor(config)
     metrics: MetricsEndpoint | None = None
     watchdog = asyncio.create_task(notifier.feed_watchdog(), name="watchdog")
+    trimmer = asyncio.create_task(
+        supervisor.release_memory_when_idle(), name="release-memory"
+    )
     try:
         with _rescan_on_hangup(config, supervisor):
             _check_model_dir(config, supervisor)
@@ -181,7 +184,8 @@ async def _serve(config: AgentConfig) -> int:
             if metrics is not None:
                 metrics.close()
             watchdog.cancel()
-            await asyncio.gather(watchdog, return_exceptions=True)
+            trimmer.cancel()
+            await asyncio.gather(watchdog, trimmer, return_exceptions=True)
             notifier.close()
 
 

@@ -41,9 +41,12 @@ from shared.component import (
     load_component,
     scan_model_dir,
 )
+from shared.malloc import release_free_memory
 
 log = logging.getLogger(__name__)
 
+# How often an idle frontend gives free heap pages back.
+_IDLE_TRIM_S = 5.0
 # Loading a graph takes about this many times its file's size in memory.
 _LOAD_MEMORY_FACTOR = 3
 
@@ -454,6 +457,22 @@ class Supervisor:
         except asyncio.TimeoutError:
             return False
         return True
+
+    async def release_memory_when_idle(self, period_s: float = _IDLE_TRIM_S) -> None:
+        """Return free heap to the system whenever no request is in flight.
+
+        Large image buffers stay in the heap while traffic flows (see
+        shared/malloc.py); a quiet moment gives their pages back.
+        """
+        trimmed = True
+        while True:
+            await asyncio.sleep(period_s)
+            busy = any(model.admitted for model in self.models.values())
+            if busy:
+                trimmed = False
+            elif not trimmed:
+                release_free_memory()
+                trimmed = True
 
     def describe_admitted(self) -> str:
         busy = [f"{m.name}: {m.admitted}" for m in self.models.values() if m.admitted]

@@ -5,7 +5,10 @@ adjusting itself) with a new mapping and unmaps it on free, so a process
 that handles a multi-megabyte image per request faults every page of each
 buffer in again: about half of the frontend's CPU for a 1080p inline image
 (docs/benchmarks.md). Raising the thresholds keeps such buffers in the
-heap for reuse; the cost is that the process keeps its peak heap.
+heap for reuse. The cost would be that a process keeps its peak heap
+(after 4096x4096 inline traffic at concurrency 8, about 0.8 GB in the
+frontend), so an idle process gives free heap pages back with
+``release_free_memory`` (glibc's ``malloc_trim``).
 """
 
 from __future__ import annotations
@@ -22,14 +25,31 @@ MMAP_THRESHOLD_BYTES = 128 * 1024 * 1024
 TRIM_THRESHOLD_BYTES = 256 * 1024 * 1024
 
 
-def keep_large_buffers() -> bool:
-    """Raise glibc's mmap and trim thresholds; False where there is no glibc."""
+def _libc() -> ctypes.CDLL | None:
     name = ctypes.util.find_library("c")
     if name is None:
-        return False
+        return None
     try:
-        mallopt = ctypes.CDLL(name).mallopt
-    except (OSError, AttributeError):
+        return ctypes.CDLL(name)
+    except OSError:
+        return None
+
+
+def release_free_memory() -> bool:
+    """Give free heap pages back to the system; False where not possible."""
+    libc = _libc()
+    trim = getattr(libc, "malloc_trim", None)
+    if trim is None:
+        return False
+    trim.argtypes = [ctypes.c_size_t]
+    trim.restype = ctypes.c_int
+    return bool(trim(0))
+
+
+def keep_large_buffers() -> bool:
+    """Raise glibc's mmap and trim thresholds; False where there is no glibc."""
+    mallopt = getattr(_libc(), "mallopt", None)
+    if mallopt is None:
         return False  # not glibc (musl has no mallopt)
     mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
     mallopt.restype = ctypes.c_int
