@@ -162,8 +162,10 @@ async def _serve(config: AgentConfig) -> int:
             _check_model_dir(config, supervisor)
             health = HealthService(supervisor)
             servicer = EdgeAgentServicer(supervisor)
-            server = await _start_server(config, servicer, health)
+            # Metrics first: a taken port is a configuration error, to be
+            # refused before the socket accepts and the agent says ready.
             metrics = start_metrics(config, servicer)
+            server = await _start_server(config, servicer, health)
             _autostart(config, supervisor)
             readiness = asyncio.create_task(
                 announce_ready(config, supervisor, notifier), name="readiness"

@@ -102,6 +102,12 @@ def _coerce(key: str, value: Any) -> Any:
         return Path(value)
     if key == "socket_mode":
         if isinstance(value, int):
+            if not 0 <= value <= 0o777:
+                # 660 written without quotes reads as decimal 660.
+                raise ConfigError(
+                    f"socket_mode is the integer {value}; write the octal mode "
+                    'as a string, such as "0660"'
+                )
             return value
         try:
             return int(str(value), 8)

@@ -77,13 +77,21 @@ def _quiet(_message: str) -> None:
 def _bar(label: str, items: Sequence[T]) -> Iterator[T]:
     """Yield `items`, drawing a plain-text counter on stderr as it goes."""
     total = len(items)
-    step = max(1, total // 100)
+    # On a terminal the counter redraws one line; in a log file it would be
+    # one endless line, so there it is a line every tenth of the way.
+    terminal = sys.stderr.isatty()
+    step = max(1, total // (100 if terminal else 10))
     for i, item in enumerate(items):
         if i % step == 0:
-            sys.stderr.write(f"\r{label}: {i}/{total}")
+            if terminal:
+                sys.stderr.write(f"\r{label}: {i}/{total}")
+            else:
+                sys.stderr.write(f"{label}: {i}/{total}\n")
             sys.stderr.flush()
         yield item
-    sys.stderr.write(f"\r{label}: {total}/{total}\n")
+    sys.stderr.write(
+        f"\r{label}: {total}/{total}\n" if terminal else f"{label}: done\n"
+    )
     sys.stderr.flush()
 
 

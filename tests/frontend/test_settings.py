@@ -85,6 +85,7 @@ def test_model_tables(tmp_path: Path) -> None:
         ("[models.a]\ncores = 0\n", "[models.a]: cores must be at least 1"),
         ("backlog = 0\n", "backlog must be at least 1 (from"),
         ('socket_mode = "rw"\n', "not an octal file mode"),
+        ("socket_mode = 660\n", "the integer 660; write the octal mode as a string"),
         ("socket = [\n", "is not valid TOML"),
     ],
 )
