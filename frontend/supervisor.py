@@ -95,12 +95,16 @@ class Model:
 
     @property
     def backlog(self) -> int:
-        return self.settings.backlog or self.supervisor.config.backlog
+        # AgentConfig.model() fills in the agent-wide value.
+        backlog = self.settings.backlog
+        assert backlog is not None
+        return backlog
 
     @property
     def request_timeout_s(self) -> float:
-        own = self.settings.request_timeout_s
-        return own or self.supervisor.config.request_timeout_s
+        timeout_s = self.settings.request_timeout_s
+        assert timeout_s is not None
+        return timeout_s
 
     async def drained(self) -> None:
         await self._drained.wait()
@@ -259,7 +263,7 @@ class Model:
             ),
             run_dir=supervisor.run_dir,
             context=supervisor.zmq_context,
-            settings=supervisor.worker_settings(self.name),
+            settings=supervisor.worker_settings(self.request_timeout_s),
             incarnation=self._incarnation,
         )
         self.worker = worker
@@ -397,14 +401,13 @@ class Supervisor:
         self.run_dir = make_run_dir()
         self.rescan()
 
-    def worker_settings(self, model: str) -> WorkerSettings:
+    def worker_settings(self, request_timeout_s: float) -> WorkerSettings:
         config = self.config
         return WorkerSettings(
             heartbeat_interval_s=config.heartbeat_interval_s,
             heartbeat_timeout_s=config.heartbeat_timeout_s,
             start_timeout_s=config.start_timeout_s,
-            request_timeout_s=config.model(model).request_timeout_s
-            or config.request_timeout_s,
+            request_timeout_s=request_timeout_s,
             log_level=config.log_level,
             log_format=config.log_format,
         )

@@ -21,6 +21,7 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -65,6 +66,29 @@ def worker(endpoint: str) -> None:
     context.term()
 
 
+def alternate(
+    paths: dict[str, Callable[[], object]], rounds: int, warm_up: int = 3
+) -> dict[str, list[float]]:
+    """Milliseconds per call of each path, the order reversed each round.
+
+    Whichever path runs right after another pays for its cache and
+    scheduler traces; reversing the order spreads that over all of them.
+    """
+    for call in paths.values():
+        for _ in range(warm_up):
+            call()
+    times: dict[str, list[float]] = {name: [] for name in paths}
+    for round_ in range(rounds):
+        order = list(paths.items())
+        if round_ % 2:
+            order.reverse()
+        for name, call in order:
+            begin = time.perf_counter()
+            call()
+            times[name].append((time.perf_counter() - begin) * 1000)
+    return times
+
+
 def measure() -> list[tuple[int, int, dict[str, float]]]:
     """Median ms per method and image size."""
     run_dir = Path(tempfile.mkdtemp(prefix="ea-hop-"))
@@ -97,17 +121,7 @@ def measure() -> list[tuple[int, int, dict[str, float]]]:
                 socket.recv_multipart()
 
             methods = {"staging segment": by_segment, "ZeroMQ frame": by_frame}
-            times: dict[str, list[float]] = {m: [] for m in methods}
-            for call in methods.values():
-                call()
-            for round_ in range(ROUNDS):
-                order = list(methods.items())
-                if round_ % 2:
-                    order.reverse()
-                for method, call in order:
-                    start = time.perf_counter()
-                    call()
-                    times[method].append((time.perf_counter() - start) * 1000)
+            times = alternate(methods, ROUNDS, warm_up=1)
             medians = {m: statistics.median(v) for m, v in times.items()}
             rows.append((width, height, medians))
     finally:

@@ -37,6 +37,7 @@ sys.path.insert(0, str(ROOT))
 from frontend._proto import edge_agent_pb2 as pb2  # noqa: E402
 from frontend.client import ClientSegment, EdgeAgentClient  # noqa: E402
 from scripts import measure_inline_transport  # noqa: E402
+from scripts.measure_inline_transport import alternate  # noqa: E402
 from tests.model_factory import write_component  # noqa: E402
 
 BUNDLED = "brick-texture"
@@ -124,23 +125,6 @@ def direct_call(model_dir: Path, model: str, image: np.ndarray) -> Call:
     session = ort.InferenceSession(str(model_dir / model / "model.onnx"), options)
     outputs = [o.name for o in session.get_outputs() if o.name in ("score", "mask")]
     return lambda: session.run(outputs, {"image": image})
-
-
-def alternate(paths: dict[str, Call], rounds: int) -> dict[str, list[float]]:
-    """Milliseconds per call of each path, the order reversed each round."""
-    for call in paths.values():
-        for _ in range(3):
-            call()
-    times: dict[str, list[float]] = {name: [] for name in paths}
-    for round_ in range(rounds):
-        order = list(paths.items())
-        if round_ % 2:
-            order.reverse()
-        for name, call in order:
-            begin = time.perf_counter()
-            call()
-            times[name].append((time.perf_counter() - begin) * 1000)
-    return times
 
 
 def main() -> int:

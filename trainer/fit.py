@@ -113,21 +113,7 @@ def load_good_images(good_dir: Path) -> list[tuple[Path, np.ndarray]]:
             f"no PNG or JPEG photos in {good_dir}; put at least 2 photos of good "
             "(defect-free) parts there"
         )
-    images = []
-    for path in paths:
-        try:
-            rgb = load_rgb(path)
-        except ImageError as exc:
-            raise TrainingError(
-                f"{exc}; remove it or replace it with a valid PNG/JPEG"
-            ) from exc
-        height, width = rgb.shape[:2]
-        if min(height, width) < MIN_SIDE:
-            raise TrainingError(
-                f"{path} is {width}x{height}; photos must be at least "
-                f"{MIN_SIDE}x{MIN_SIDE} pixels"
-            )
-        images.append((path, rgb))
+    images = [(path, _load_checked(path)) for path in paths]
     if len(images) < 2:
         raise TrainingError(
             f"only 1 photo in {good_dir}; at least 2 are needed because part of "

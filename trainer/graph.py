@@ -155,8 +155,8 @@ def _pool(b: _Builder, x: str, size: int) -> str:
     return b.op("AveragePool", [x], kernel_shape=[size, size], strides=[size, size])
 
 
-def _features(b: _Builder, image: str, input_size: tuple[int, int], seed: int) -> str:
-    """Add the feature stage; returns the [1, D, h/8, w/8] feature tensor."""
+def _working_nchw(b: _Builder, image: str, input_size: tuple[int, int]) -> str:
+    """The uint8 HWC image as float NCHW (0..255) at the working size."""
     width, height = input_size
     # Downscale while still uint8 (cheapest), with antialiasing so that large
     # camera frames do not alias the fine texture the filters look at.
@@ -168,7 +168,12 @@ def _features(b: _Builder, image: str, input_size: tuple[int, int], seed: int) -
         antialias=1,
     )
     as_float = b.op("Cast", [small], to=TensorProto.FLOAT)
-    rgb = b.op("Transpose", [as_float], perm=[0, 3, 1, 2])
+    return b.op("Transpose", [as_float], perm=[0, 3, 1, 2])
+
+
+def _features(b: _Builder, image: str, input_size: tuple[int, int], seed: int) -> str:
+    """Add the feature stage; returns the [1, D, h/8, w/8] feature tensor."""
+    rgb = _working_nchw(b, image, input_size)
     luma = b.op(
         "Conv", [rgb, b.const("luma_w", _LUMA.reshape(1, 3, 1, 1).astype(np.float32))]
     )
@@ -234,16 +239,7 @@ def _pretrained_features(
     to features [1, D, h/8, w/8]; its one input and one output are rewired,
     and every other name gets a prefix so it cannot collide with ours.
     """
-    width, height = input_size
-    batched = b.op("Unsqueeze", [image, b.ints("axes", [0])])
-    small = b.op(
-        "Resize",
-        [batched, "", "", b.ints("sizes", [1, height, width, 3])],
-        mode="linear",
-        antialias=1,
-    )
-    as_float = b.op("Cast", [small], to=TensorProto.FLOAT)
-    nchw = b.op("Transpose", [as_float], perm=[0, 3, 1, 2])
+    nchw = _working_nchw(b, image, input_size)
     source = backbone.input[0].name
     result = backbone.output[0].name
     out = b.op("Identity", [nchw])  # reserves a unique name for the result
