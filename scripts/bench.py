@@ -80,6 +80,9 @@ from workers.model import session_options  # noqa: E402
 BUNDLED = "brick-texture"
 TWIN = "brick-texture-b"
 CHEAP = "red-mean"
+HEAVY = "slow"  # tests/model_factory.py: cost set by the frame, no I/O
+HEAVY_TWIN = "slow-b"
+HEAVY_TRIPS = 1
 MODELS = (CHEAP, BUNDLED)
 SIZES = ((64, 64), (640, 480), (1920, 1080), (4096, 4096))
 PATHS = ("limit", "shm", "inline", "alternative")
@@ -284,6 +287,8 @@ def start_rig(agent_env: dict[str, str] | None = None) -> Rig:
     manifest["name"] = TWIN
     (model_dir / TWIN / "manifest.json").write_text(json.dumps(manifest))
     write_component(model_dir, CHEAP)
+    write_component(model_dir, HEAVY)
+    write_component(model_dir, HEAVY_TWIN, HEAVY)
     metrics_url, extra = None, []
     # The agent's Prometheus endpoint splits a request into stages; a
     # version of the agent without it is measured all the same.
@@ -557,16 +562,29 @@ def served_call(
     return alt_call(rig.alt_stub, model, image)
 
 
-def two_models(rig: Rig, plan: Plan, frames: dict[str, np.ndarray]) -> dict[str, Any]:
-    """brick-texture alone against it and its twin at once, each on a worker."""
-    start_model(rig.client, TWIN)
-    size = "1920x1080" if "1920x1080" in frames else next(iter(frames))
-    image = frames[size]
+def heavy_frame() -> np.ndarray:
+    """640x480 frame on which the `slow` model costs HEAVY_TRIPS x 100
+    256x256 matrix products (its first red byte sets the loop count)."""
+    frame = np.zeros((480, 640, 3), np.uint8)
+    frame[0, 0, 0] = HEAVY_TRIPS
+    return frame
+
+
+def two_models(
+    rig: Rig,
+    plan: Plan,
+    pair: tuple[str, str],
+    size: str,
+    image: np.ndarray,
+    *,
+    with_mask: bool,
+) -> dict[str, Any]:
+    """`pair[0]` alone against both models at once, each on its own worker."""
+    started = [m for m in pair if rig.client.describe(m)["status"] != "RUNNING"]
+    for model in started:
+        start_model(rig.client, model)
     count = plan.two_model_requests
-    models = {
-        "one": [BUNDLED],
-        "two": [BUNDLED, TWIN],
-    }
+    models = {"one": [pair[0]], "two": list(pair)}
     # Two client threads per model keep its worker busy.
     calls = {
         name: [
@@ -576,7 +594,7 @@ def two_models(rig: Rig, plan: Plan, frames: dict[str, np.ndarray]) -> dict[str,
                 image,
                 rig.segments,
                 slot=10 + 2 * i + j,
-                with_mask=True,
+                with_mask=with_mask,
             )
             for i, model in enumerate(chosen)
             for j in range(2)
@@ -587,7 +605,7 @@ def two_models(rig: Rig, plan: Plan, frames: dict[str, np.ndarray]) -> dict[str,
         for call in group:
             call()
     processes = {
-        "workers": [rig.worker(BUNDLED), rig.worker(TWIN)],
+        "workers": [rig.worker(m) for m in pair],
         "frontend": [psutil.Process(rig.agent.pid)],
         "client": [psutil.Process()],
     }
@@ -606,16 +624,19 @@ def two_models(rig: Rig, plan: Plan, frames: dict[str, np.ndarray]) -> dict[str,
                 }
         point["two over one"] = point["two rps"] / point["one rps"]
         repeats.append(point)
-    cores = {m: rig.worker(m).cpu_affinity() for m in (BUNDLED, TWIN)}
-    rig.client.stop(TWIN)
+    cores = {m: rig.worker(m).cpu_affinity() for m in pair}
+    for model in started:
+        rig.client.stop(model)
     out = {
+        "models": list(pair),
         "size": size,
+        "mask": with_mask,
         "requests_per_model": count,
         "worker_cores": cores,
         "repeats": repeats,
         "median": median_of(repeats),
     }
-    progress("two models", out["median"])
+    progress(f"two models {pair}", out["median"])
     return out
 
 
@@ -815,7 +836,16 @@ def main() -> int:
         results["latency"] = latency(rig, plan, frames)
         results["stages"] = stages(rig, plan, frames)
         results["throughput"] = throughput(rig, plan, frames)
-        results["two_models"] = two_models(rig, plan, frames)
+        # The target's case, where the model's cost dominates: ~30 ms of
+        # matrix products per request on a small frame. Then the bundled
+        # model at 1080p with its mask, where serving costs more in share.
+        results["two_models"] = two_models(
+            rig, plan, (HEAVY, HEAVY_TWIN), "640x480", heavy_frame(), with_mask=False
+        )
+        size = "1920x1080" if "1920x1080" in frames else next(iter(frames))
+        results["two_models_bundled"] = two_models(
+            rig, plan, (BUNDLED, TWIN), size, frames[size], with_mask=True
+        )
         results["rss_after"] = memory(rig)
         results["soak"] = soak(rig, plan.soak)
         results["load_average_at_end"] = os.getloadavg()

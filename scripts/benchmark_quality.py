@@ -57,6 +57,21 @@ class Candidate:
 CANDIDATES = (
     Candidate("lite0 gaussian 256 (default)", RECIPES["lite0", "gaussian"], (256, 256)),
     Candidate(
+        "lite0 gaussian 320 (--input-size 320x320)",
+        RECIPES["lite0", "gaussian"],
+        (320, 320),
+    ),
+    Candidate(
+        "lite1 gaussian 256 (--backbone lite1)",
+        RECIPES["lite1", "gaussian"],
+        (256, 256),
+    ),
+    Candidate(
+        "lite2 gaussian 256 (--backbone lite2)",
+        RECIPES["lite2", "gaussian"],
+        (256, 256),
+    ),
+    Candidate(
         "lite0 patchcore 256 (--method patchcore)",
         RECIPES["lite0", "patchcore"],
         (256, 256),
@@ -205,7 +220,7 @@ def defects_check(data_dir: Path, samples: list[Sample], tmp: Path) -> str:
     root = tmp / "tuned-defects"
     for sub in ("test", "ground_truth"):
         (root / sub).mkdir(parents=True)
-        (root / sub / TUNED_KIND).symlink_to(data_dir / sub / TUNED_KIND)
+        (root / sub / TUNED_KIND).symlink_to((data_dir / sub / TUNED_KIND).resolve())
     component = build_component(
         data_dir / "train" / "good",
         tmp,

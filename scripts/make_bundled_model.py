@@ -156,6 +156,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", type=Path, default=ROOT / "models")
     parser.add_argument("--samples", type=Path, default=ROOT / "samples")
+    parser.add_argument("--backbone", default="fixed")
+    parser.add_argument("--method", default=None)
     args = parser.parse_args(argv)
 
     rng = np.random.default_rng(SEED)
@@ -176,7 +178,8 @@ def main(argv: list[str] | None = None) -> int:
             # held-out good distance; a Gaussian per cell flags the bottom
             # half, whose perspective differs, as a whole), so the bundled
             # texture keeps the fixed recipe.
-            backbone="fixed",
+            backbone=args.backbone,
+            method=args.method,
             description=(
                 "Brick wall texture (scikit-image brick.png, CC0, CC0Textures "
                 f"'Bricks25'): {N_TRAIN_LARGE} {CROP}px and {N_TRAIN_SMALL} "

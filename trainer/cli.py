@@ -37,15 +37,16 @@ def _parser() -> argparse.ArgumentParser:
         "--backbone",
         choices=BACKBONES,
         default="lite0",
-        help="lite0: ImageNet-pretrained EfficientNet-Lite0 (needs the train "
-        "extra); fixed: fixed filter bank, no torch (default lite0)",
+        help="lite0, lite1, lite2: ImageNet-pretrained EfficientNet-Lite (needs "
+        "the train extra; lite0 measured best); fixed: fixed filter bank, no "
+        "torch (default lite0)",
     )
     parser.add_argument(
         "--method",
         choices=METHODS,
         help="gaussian: a Gaussian per image cell, for parts in a fixed pose "
-        "(lite0's default); patchcore: a memory bank shared by all cells, for "
-        "textures and parts in any position (fixed's default)",
+        "(the pretrained backbones' default); patchcore: a memory bank shared "
+        "by all cells, for textures and parts in any position (fixed's default)",
     )
     parser.add_argument(
         "--defects",

@@ -52,7 +52,8 @@ LABEL_COLORS = (
     "#804000",
     "#808080",
 )
-BACKBONES = ("lite0", "fixed")
+PRETRAINED = ("lite0", "lite1", "lite2")
+BACKBONES = (*PRETRAINED, "fixed")
 KINDS = ("classification", "segmentation")
 _VERSION_RE = re.compile(r"^\d+\.\d+\.\d+$")
 
@@ -244,10 +245,19 @@ def _feature_graph(
             "extra with: pip install -e '.[train]', or train with --backbone fixed"
         ) from exc
     try:
-        exported: onnx.GraphProto = backbones.export_features(input_size)
+        exported: onnx.GraphProto = backbones.export_features(
+            input_size, backbone=backbone
+        )
     except backbones.BackboneUnavailableError as exc:
         raise TrainingError(str(exc)) from exc
     return exported
+
+
+def _taps(backbone: str) -> tuple[int, ...]:
+    taps: tuple[int, ...] = (
+        importlib.import_module("trainer.backbones").VARIANTS[backbone].taps
+    )
+    return taps
 
 
 def build_component(
@@ -271,8 +281,9 @@ def build_component(
 ) -> Path:
     """Fit a component from the good photos in `good_dir`.
 
-    `backbone` is "lite0" (ImageNet-pretrained EfficientNet-Lite0, needs
-    torch to train) or "fixed" (the filter bank, numpy only). `method` is
+    `backbone` is "lite0", "lite1" or "lite2" (ImageNet-pretrained
+    EfficientNet-Lite, needs torch to train) or "fixed" (the filter bank,
+    numpy only). `method` is
     "gaussian" (a Gaussian per cell: parts in a fixed pose; lite0's default)
     or "patchcore" (a memory bank shared by all cells: textures and parts
     in any position; fixed's default). `defects_dir`,
@@ -356,7 +367,8 @@ def build_component(
     method = (
         f"Fixed DCT/random filter bank at {graph.N_SCALES} scales"
         if backbone == "fixed"
-        else "ImageNet EfficientNet-Lite0 features (blocks 4 and 10)"
+        else f"ImageNet EfficientNet-{backbone.capitalize()} features (blocks "
+        f"{' and '.join(map(str, _taps(backbone)))})"
     )
     text = description or f"Trained on good photos from '{good_dir.name}'."
     refit = ""
@@ -547,14 +559,22 @@ def _raw(session: ort.InferenceSession, image: np.ndarray) -> tuple[float, np.nd
 
 
 METHODS = ("gaussian", "patchcore")
-DEFAULT_METHOD = {"lite0": "gaussian", "fixed": "patchcore"}
+DEFAULT_METHOD = {**dict.fromkeys(PRETRAINED, "gaussian"), "fixed": "patchcore"}
+# Lite1 and Lite2 take Lite0's settings unchanged: they were compared, not
+# tuned (docs/model-quality.md).
 RECIPES = {
-    ("lite0", "gaussian"): Recipe(
-        "lite0", "gaussian", max_dims=100, bank_size=0, block=2, margin=None
-    ),
-    ("lite0", "patchcore"): Recipe(
-        "lite0", "patchcore", max_dims=152, bank_size=1024, margin=None
-    ),
+    **{
+        (name, "gaussian"): Recipe(
+            name, "gaussian", max_dims=100, bank_size=0, block=2, margin=None
+        )
+        for name in PRETRAINED
+    },
+    **{
+        (name, "patchcore"): Recipe(
+            name, "patchcore", max_dims=152, bank_size=1024, margin=None
+        )
+        for name in PRETRAINED
+    },
     ("fixed", "gaussian"): Recipe(
         "fixed", "gaussian", max_dims=MAX_PROJECTED_DIMS, bank_size=0, block=2
     ),

@@ -59,18 +59,24 @@ def component(tmp_path_factory: pytest.TempPathFactory) -> Path:
     )
 
 
-def test_backbone_loads_strictly_and_is_deterministic() -> None:
-    net = backbones.load_lite0()
-    state = torch.load(backbones.lite0_weights_path(), weights_only=True)
+@pytest.mark.parametrize("name", ["lite0", "lite1", "lite2"])
+def test_backbone_loads_strictly_and_is_deterministic(name: str) -> None:
+    net = backbones.load_backbone(name)
+    variant = backbones.VARIANTS[name]
+    state = torch.load(backbones.weights_path(variant), weights_only=True)
     assert set(net.state_dict()) == set(state)
-    extractor = backbones.FeatureExtractor(net, backbones.FeatureSpec())
+    # The taps are the last blocks of the stride-8 and stride-16 stages.
+    widths = [state[f"_blocks.{t}._project_conv.weight"].shape[0] for t in variant.taps]
+    assert tuple(widths) == variant.channels
+    spec = backbones.feature_spec(name)
+    extractor = backbones.FeatureExtractor(net, spec)
     pixels = torch.from_numpy(
         np.random.default_rng(0).uniform(0, 255, (1, 3, 64, 96)).astype(np.float32)
     )
     with torch.no_grad():
         first = extractor(pixels)
         second = extractor(pixels)
-    assert first.shape == (1, backbones.FeatureSpec().dims, 8, 12)
+    assert first.shape == (1, spec.dims, 8, 12)
     assert torch.equal(first, second)
     assert bool(torch.isfinite(first).all()) and float(first.abs().max()) > 0
 
@@ -230,3 +236,20 @@ def test_memory_bank_method_runs(tmp_path: Path) -> None:
     session = _session(component / "model.onnx")
     score, mask, amap = session.run(None, {"image": _texture(np.random.default_rng(3))})
     assert score.shape == (1,) and mask.shape == amap.shape == (96, 96)
+
+
+@pytest.mark.parametrize("name", ["lite1", "lite2"])
+def test_larger_backbones_train_and_flag_a_defect(tmp_path: Path, name: str) -> None:
+    good = _write_good(tmp_path / "good", count=12)
+    component = build_component(
+        good, tmp_path / "m", name="big", input_size=SIZE, backbone=name
+    )
+    manifest = json.loads((component / "manifest.json").read_text())
+    assert f"EfficientNet-{name.capitalize()} features" in manifest["description"]
+    session = _session(component / "model.onnx")
+    clean = _texture(np.random.default_rng(99))
+    spoiled = clean.copy()
+    spoiled[30:60, 30:60] = 255
+    clean_score = session.run(["score"], {"image": clean})[0][0]
+    spoiled_score = session.run(["score"], {"image": spoiled})[0][0]
+    assert clean_score < 0.5 <= spoiled_score
