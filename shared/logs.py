@@ -10,6 +10,7 @@ its ``pid=`` token, naming the worker a frontend line is about,
 
 from __future__ import annotations
 
+import datetime
 import json
 import logging
 import re
@@ -27,7 +28,11 @@ class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         message = record.getMessage()
         entry: dict[str, object] = {
-            "time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S%z"),
+            # RFC 3339 in UTC, to the millisecond: lines of one request
+            # fall within the same second.
+            "time": datetime.datetime.fromtimestamp(
+                record.created, tz=datetime.timezone.utc
+            ).isoformat(timespec="milliseconds"),
             "level": record.levelname,
             "pid": record.process,
             "role": self.role,
