@@ -38,8 +38,8 @@ from typing import IO
 
 import grpc
 
-from frontend._proto import edge_agent_pb2_grpc as pb2_grpc
 from frontend.config import AgentConfig, parse_tcp_address
+from frontend.decoding import add_edge_agent_service
 from frontend.errors import RequestError
 from frontend.health import HealthService, enable_reflection
 from frontend.metrics import MetricsEndpoint, start_metrics
@@ -118,7 +118,7 @@ def build_server(
         ],
         maximum_concurrent_rpcs=config.max_concurrent_rpcs,
     )
-    pb2_grpc.add_EdgeAgentServicer_to_server(servicer, server)
+    add_edge_agent_service(servicer, server)
     health.add_to_server(server)
     enable_reflection(server)
     return server

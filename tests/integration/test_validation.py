@@ -623,3 +623,26 @@ def test_after_the_matrix(running: Agent, baseline: Baseline, segs: Segments) ->
     ours = {n for n in os.listdir("/dev/shm") if n.startswith(_unique(""))}
     assert ours == {os.path.basename(p) for p in segs.paths}
     assert "Traceback" not in running.log(), running.log()[-4000:]
+
+
+@pytest.mark.parametrize(
+    "rpc", ["DetectAnomalies", "StartModel", "StopModel", "DescribeModel"]
+)
+def test_bytes_that_are_no_message_are_invalid_argument(agent: Agent, rpc: str) -> None:
+    # Field 1 as a length-delimited value claiming 100 bytes, with 2 present.
+    garbage = b"\x0a\x64ab"
+    call = agent.channel.unary_unary(
+        f"/AWS.LookoutVision.EdgeAgent/{rpc}",
+        request_serializer=None,
+        response_deserializer=None,
+    )
+    with pytest.raises(grpc.RpcError) as caught:
+        call(garbage, timeout=10)
+    assert caught.value.code() == INVALID
+    details = caught.value.details() or ""
+    assert f"the {rpc} request is not a valid AWS.LookoutVision." in details
+    # The agent still answers a good request of the same RPC.
+    described = agent.stub.DescribeModel(
+        pb2.DescribeModelRequest(model_component="red-mean"), timeout=10
+    )
+    assert described.model_description.model_component == "red-mean"
