@@ -251,11 +251,21 @@ def _check_model_dir(config: AgentConfig, supervisor: Supervisor) -> None:
             config.model_dir,
         )
     unknown = [n for n in config.autostart_models if n not in supervisor.models]
+    known = ", ".join(sorted(supervisor.models)) or "none"
     if unknown:
-        known = ", ".join(sorted(supervisor.models)) or "none"
         raise StartupError(
             f"cannot start {', '.join(unknown)}: no such component in "
             f"{config.model_dir} (found: {known})"
+        )
+    for name in sorted(set(config.models) - set(supervisor.models)):
+        # Likely a typo; not an error, since the component may be added
+        # later (SIGHUP rescans), when these settings apply.
+        log.warning(
+            "The configuration has settings for model=%s, but %s has no such "
+            "component (found: %s); they apply if it is added",
+            name,
+            config.model_dir,
+            known,
         )
 
 

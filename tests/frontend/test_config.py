@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from frontend.config import AgentConfig, parse_tcp_address
-from tests.agent import ROOT
+from tests.agent import ROOT, agent_context, wait_until
 
 
 @pytest.mark.parametrize(
@@ -76,3 +76,16 @@ def test_configuration_errors_exit_2(
     assert message in done.stderr
     assert "Traceback" not in done.stderr
     assert not (tmp_path / "agent.sock").exists()
+
+
+def test_settings_for_a_missing_component_are_reported(
+    model_dir: Path, tmp_path: Path
+) -> None:
+    config = tmp_path / "agent.toml"
+    config.write_text("[models.red-maen]\nbacklog = 2\n")
+    with agent_context(model_dir, "--config", str(config)) as agent:
+        wait_until(lambda: "red-maen" in agent.log(), 10, "the warning")
+        line = next(x for x in agent.log().splitlines() if "red-maen" in x)
+    assert "WARNING" in line
+    assert f"{model_dir} has no such component (found: " in line
+    assert "red-mean" in line
