@@ -194,6 +194,13 @@ def test_restart_after_the_worker_is_killed(
     worker = agent.worker("red-mean")
     worker.kill()
     worker.wait(10)
+    # The worker is gone before the frontend has noticed: until it has, the
+    # model still reads RUNNING, so wait for the restart to be counted.
+    wait_until(
+        lambda: value(scraper.samples(), restarts, model="red-mean") == before + 1,
+        10,
+        "the restart to be counted",
+    )
     agent.wait_status("red-mean", "RUNNING", timeout_s=30)
     after = scraper.samples()
     assert value(after, restarts, model="red-mean") == before + 1
