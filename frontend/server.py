@@ -48,6 +48,7 @@ from frontend.servicer import EdgeAgentServicer
 from frontend.staging import remove_dead_runs_segments
 from frontend.supervisor import RescanResult, Supervisor
 from frontend.systemd import Notifier, announce_ready
+from shared.malloc import freeze_startup_objects
 
 log = logging.getLogger(__name__)
 
@@ -167,6 +168,7 @@ async def _serve(config: AgentConfig) -> int:
             metrics = start_metrics(config, servicer)
             server = await _start_server(config, servicer, health)
             _autostart(config, supervisor)
+            freeze_startup_objects()
             readiness = asyncio.create_task(
                 announce_ready(config, supervisor, notifier), name="readiness"
             )

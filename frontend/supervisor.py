@@ -27,7 +27,7 @@ from pathlib import Path
 
 import grpc
 import psutil
-import zmq.asyncio
+import zmq
 
 from frontend.config import AgentConfig, ModelSettings
 from frontend.cores import CoreAllocator
@@ -397,7 +397,7 @@ class Supervisor:
         # the same rules apply.
         self.rescan_listeners: list[Callable[[RescanResult], None]] = []
         self.cores = CoreAllocator()
-        self.zmq_context = zmq.asyncio.Context()
+        self.zmq_context: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
         self.run_dir = make_run_dir()
         self.rescan()
 

@@ -9,12 +9,16 @@ heap for reuse. The cost would be that a process keeps its peak heap
 (after 4096x4096 inline traffic at concurrency 8, about 0.8 GB in the
 frontend), so an idle process gives free heap pages back with
 ``release_free_memory`` (glibc's ``malloc_trim``).
+
+For the same reason of steady per-request cost, the garbage collector's
+view of the heap is trimmed once at start (``freeze_startup_objects``).
 """
 
 from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import gc
 import logging
 
 log = logging.getLogger(__name__)
@@ -59,3 +63,20 @@ def keep_large_buffers() -> bool:
     if not done:
         log.warning("mallopt refused the thresholds; large buffers stay mmapped")
     return done
+
+
+def freeze_startup_objects() -> None:
+    """Move every object alive now out of the cyclic garbage collector's view.
+
+    A full collection walks every tracked object: in the frontend, with
+    grpc, protobuf and the generated code loaded, about 40,000 at start and
+    5 to 10 ms per pass (timed with ``gc.collect()`` after importing
+    frontend.server), which lands on whichever request runs then, in the
+    latency's tail. Startup objects (modules, classes, the server, the model
+    session) live as long as the process, so after start they are frozen
+    (``gc.freeze``): later passes walk only what requests allocate. Nothing
+    is leaked; frozen objects are merely never collected, as they would not
+    be anyway.
+    """
+    gc.collect()
+    gc.freeze()

@@ -35,7 +35,7 @@ import zmq
 from shared import messages
 from shared.component import ComponentError, ModelComponent, load_component
 from shared.logs import configure_logging
-from shared.malloc import keep_large_buffers
+from shared.malloc import freeze_startup_objects, keep_large_buffers
 from shared.segments import SegmentError
 from workers.mapping import SegmentCache
 from workers.model import ModelLoadError, ModelRunner
@@ -323,6 +323,7 @@ def _run(args: argparse.Namespace, socket: zmq.Socket[bytes], cores: list[int]) 
         _send_fatal(socket, "model", f"the model failed on a blank image: {exc}")
         return EXIT_MODEL_ERROR
 
+    freeze_startup_objects()
     ready = messages.Ready(
         pid=os.getpid(), cores=cores, load_s=load_s, warmup_s=warmup_s
     )
