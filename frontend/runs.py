@@ -2,7 +2,8 @@
 
 A run is named by a token ``<pid>.<process start time in ms>``: a pid alone
 can be reused, the pair cannot. Staging segments and the run directory
-(the workers' ZeroMQ endpoints) carry the token, so the next start can tell
+(the workers' ZeroMQ endpoints and the started components' snapshots)
+carry the token, so the next start can tell
 what a dead run left behind and remove it.
 """
 
@@ -65,3 +66,35 @@ def remove_dead_run_dirs(base: Path | None = None) -> int:
     if removed:
         log.warning("Removed %d run director(ies) of dead agent runs", removed)
     return removed
+
+
+def snapshot_component(source: Path, run_dir: Path, start: int) -> Path:
+    """Copy the component folder ``source`` into the run directory.
+
+    A started model runs its snapshot, not the folder: a restart after a
+    crash or a hung worker then loads the very files StartModel loaded,
+    even while the folder is being retrained (``train --force``) or edited,
+    and a file half-written at that moment cannot turn a good model FAILED.
+    Changed files take effect at the next StartModel, which takes a fresh
+    snapshot. The copy holds the folder's regular files (manifest, graph,
+    external weights); subfolders are not part of the format.
+
+    Returns ``<run_dir>/<name>.start-<start>/<name>``: one parent per model
+    and start, and the copy named as the folder so the manifest's name
+    check holds. Raises OSError (no space, unreadable).
+    """
+    target = run_dir / f"{source.name}.start-{start}" / source.name
+    target.mkdir(parents=True, mode=0o700)
+    try:
+        for entry in source.iterdir():
+            if entry.is_file():
+                shutil.copyfile(entry, target / entry.name)
+    except OSError:
+        shutil.rmtree(target.parent, ignore_errors=True)
+        raise
+    return target
+
+
+def remove_snapshot(snapshot: Path) -> None:
+    """Remove what ``snapshot_component`` made (the copy and its parent)."""
+    shutil.rmtree(snapshot.parent, ignore_errors=True)

@@ -18,6 +18,7 @@ import asyncio
 import contextlib
 import enum
 import logging
+import shutil
 import signal
 import time
 from collections import deque
@@ -32,7 +33,7 @@ import zmq
 from frontend.config import AgentConfig, ModelSettings
 from frontend.cores import CoreAllocator
 from frontend.errors import RequestError
-from frontend.runs import make_run_dir
+from frontend.runs import make_run_dir, remove_snapshot, snapshot_component
 from frontend.staging import StagingPool
 from frontend.worker import WorkerProcess, WorkerSettings, WorkerStartError
 from shared.component import (
@@ -81,6 +82,7 @@ class Model:
         self._stop_requested = False
         self._lifecycle: asyncio.Task[None] | None = None
         self._incarnation = 0
+        self._starts = 0
 
     @property
     def model_arn(self) -> str:
@@ -134,6 +136,7 @@ class Model:
             return ModelState.STARTING
         self._check_memory(component)
         self.component = component
+        self._starts += 1
         self._stop_requested = False
         self.restarts = 0
         self._last_crash = ""
@@ -204,7 +207,22 @@ class Model:
         config = self.supervisor.config
         crashes: deque[float] = deque()
         backoff_s = config.restart_backoff_s
+        snapshot: Path | None = None
         try:
+            # Every worker of this start, restarts included, loads this copy
+            # (see frontend.runs.snapshot_component).
+            try:
+                snapshot = await asyncio.to_thread(
+                    snapshot_component, component.path, self.supervisor.run_dir,
+                    self._starts,
+                )  # fmt: skip
+                component = load_component(snapshot)
+            except (OSError, ComponentError) as exc:
+                message = f"cannot take the copy of the component it runs: {exc}"
+                log.error("Model model=%s FAILED: %s", self.name, message)
+                self._set_state(ModelState.FAILED, message)
+                return
+            self.component = component
             while not self._stop_requested:
                 cause, served_s, client_fault = await self._run_worker(component)
                 if cause is None or self._stop_requested:
@@ -243,6 +261,8 @@ class Model:
             if self.staging is not None:
                 self.staging.close()
                 self.staging = None
+            if snapshot is not None:
+                remove_snapshot(snapshot)
 
     async def _run_worker(
         self, component: ModelComponent
@@ -484,6 +504,5 @@ class Supervisor:
     async def shutdown(self, grace_s: float) -> None:
         await asyncio.gather(*(m.shutdown(grace_s) for m in self.models.values()))
         self.zmq_context.term()
-        for leftover in self.run_dir.iterdir():
-            leftover.unlink()
-        self.run_dir.rmdir()
+        # Sockets, and the snapshot of a lifecycle cancelled mid-copy.
+        shutil.rmtree(self.run_dir, ignore_errors=True)

@@ -124,6 +124,7 @@ class WorkerProcess:
     async def spawn(self) -> None:
         command = [
             sys.executable, "-m", "workers",
+            "--model", self.model,
             "--component-dir", str(self.component_dir),
             "--endpoint", self.endpoint,
             "--cores", ",".join(map(str, self.cores)),

@@ -239,7 +239,10 @@ class Rig:
 
     def worker(self, model: str) -> psutil.Process:
         for child in psutil.Process(self.agent.pid).children():
-            if str(self.work / "models" / model) in child.cmdline():
+            cmdline = child.cmdline()
+            if any(
+                a == "--model" and b == model for a, b in itertools.pairwise(cmdline)
+            ):
                 return child
         raise RuntimeError(f"no worker for {model}")
 

@@ -9,6 +9,7 @@ agent by its pid and checks that no worker outlived it.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
 import shutil
 import signal
@@ -133,7 +134,7 @@ class Agent:
                     cmdline = child.cmdline()
                 except psutil.NoSuchProcess:
                     continue
-                if str(self.model_dir / model) in cmdline:
+                if serves(cmdline, model):
                     return child
             return None
 
@@ -175,6 +176,11 @@ def _inherited_environment() -> dict[str, str]:
 def agent_segments(pid: int) -> list[str]:
     """Staging segments in /dev/shm that belong to the agent ``pid``."""
     return [n for n in os.listdir("/dev/shm") if n.startswith(f"edge-agent.{pid}.")]
+
+
+def serves(cmdline: list[str], model: str) -> bool:
+    """Whether a worker's command line names ``model`` (``--model NAME``)."""
+    return any(a == "--model" and b == model for a, b in itertools.pairwise(cmdline))
 
 
 def running_agent(

@@ -256,6 +256,9 @@ class Worker:
 
 def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m workers")
+    # The name shows which model a worker serves in ps and in its logs; the
+    # component's folder is a snapshot in the agent's run directory.
+    parser.add_argument("--model", help="the component's name (default: folder)")
     parser.add_argument("--component-dir", type=Path, required=True)
     parser.add_argument("--endpoint", required=True)
     parser.add_argument("--cores", required=True, help="comma-separated CPU ids")
@@ -278,7 +281,7 @@ def _send_fatal(socket: zmq.Socket[bytes], kind: str, message: str) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parse_args(argv)
-    model = args.component_dir.name
+    model = args.model or args.component_dir.name
     configure_logging(args.log_level, role="worker", model=model, fmt=args.log_format)
     _die_with_parent(args.parent_pid)
     keep_large_buffers()

@@ -34,7 +34,15 @@ import pytest
 from frontend._proto import edge_agent_pb2 as pb2
 from frontend._proto import edge_agent_pb2_grpc as pb2_grpc
 from frontend.client import ClientSegment
-from tests.agent import ROOT, Agent, agent_context, agent_segments, wait_until
+from tests.agent import (
+    ROOT,
+    Agent,
+    agent_context,
+    agent_segments,
+    serves,
+    wait_until,
+)
+from tests.model_factory import write_component
 
 SIDE = 64
 IMAGE_BYTES = SIDE * SIDE * 3
@@ -148,7 +156,7 @@ def model_workers(agent: Agent, model: str) -> list[psutil.Process]:
     found = []
     for child in agent.workers():
         with contextlib.suppress(psutil.NoSuchProcess):
-            if str(agent.model_dir / model) in child.cmdline():
+            if serves(child.cmdline(), model):
                 found.append(child)
     return found
 
@@ -761,3 +769,43 @@ def test_abandoned_requests_still_count_against_the_backlog(
             f"an admitted request waited {outcome.elapsed:.1f} s behind abandoned "
             f"requests of {alone.elapsed:.1f} s the backlog no longer counted"
         )
+
+
+def test_a_restart_runs_the_files_the_model_started_with(tmp_path: Path) -> None:
+    """Files changed under a running model take effect at the next
+    StartModel only: a crash restart loads the snapshot StartModel took."""
+    models = tmp_path / "models"
+    write_component(models, "red-mean")
+    image = np.zeros((64, 64, 3), np.uint8)
+    image[..., 0] = 100
+    expected = 100 / 255  # red-mean's score: the mean red, scaled
+    with agent_context(models, "--start", "red-mean") as agent:
+        agent.wait_status("red-mean", "RUNNING")
+        # A retrain in progress, or an editor: the graph is junk for now.
+        (models / "red-mean" / "model.onnx").write_bytes(b"not a graph")
+        worker = agent.worker("red-mean")
+        worker.kill()
+        worker.wait(10)
+        wait_until(lambda: agent.worker("red-mean").pid != worker.pid, 30, "restart")
+        agent.wait_status("red-mean", "RUNNING")
+        reply = agent.stub.DetectAnomalies(
+            inline_request("red-mean", image), timeout=30
+        )
+        assert reply.detect_anomaly_result.anomaly_score == pytest.approx(
+            expected, abs=1e-4
+        )
+        snapshots = list(run_dir_of(agent.worker("red-mean")).glob("red-mean.*-*"))
+        assert len(snapshots) == 1
+        # StopModel drops the snapshot; StartModel reads the folder afresh.
+        agent.stub.StopModel(
+            pb2.StopModelRequest(model_component="red-mean"), timeout=30
+        )
+        assert not snapshots[0].exists()
+        agent.stub.StartModel(
+            pb2.StartModelRequest(model_component="red-mean"), timeout=30
+        )
+        agent.wait_status("red-mean", "FAILED")
+        described = agent.stub.DescribeModel(
+            pb2.DescribeModelRequest(model_component="red-mean"), timeout=10
+        )
+        assert "model.onnx" in described.model_description.status_message
