@@ -18,6 +18,7 @@ offline it is the graph's run alone, through the agent the whole round trip.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import json
 import sys
@@ -264,6 +265,10 @@ def _at_image_size(output: Any, image: np.ndarray, name: str) -> np.ndarray:
     return array
 
 
+# Offline and agent scores of one image differ by float rounding only.
+SAME_SCORE_TOLERANCE = 1e-4
+
+
 class AgentScorer:
     """The component as a running agent serves it, images in shared memory."""
 
@@ -300,6 +305,30 @@ class AgentScorer:
                 f"{self.model} but {component.path} is {component.model_arn}; "
                 "give the folder of the component the agent runs"
             )
+
+    def check_same_graph(
+        self, component: ModelComponent, probes: Sequence[tuple[str, np.ndarray]]
+    ) -> None:
+        """Fail unless the agent scores `probes` as the folder's graph does.
+
+        The ARN stays the same when a component is retrained in place
+        (``train --force``), while the agent keeps the copy it took at
+        StartModel; without this check the figures of the old model would
+        be reported under the folder's name.
+        """
+        offline = OfflineScorer(component, 1)
+        for name, image in probes:
+            here = offline.score(image).score
+            there = self.score(image).score
+            if abs(here - there) > SAME_SCORE_TOLERANCE:
+                raise EvaluationError(
+                    f"the agent's {self.model} scores {name} {there:.6f} but "
+                    f"{component.path} scores it {here:.6f}: the agent runs other "
+                    "files than the folder holds now (changed after its "
+                    f"StartModel?); load them with: edge-agent stop {self.model} "
+                    f"--socket {self.address} && edge-agent start {self.model} "
+                    f"--socket {self.address} --wait"
+                )
 
     def score(self, image: np.ndarray) -> Outcome:
         start = time.perf_counter()
@@ -898,7 +927,9 @@ def _load(path: Path) -> ModelComponent:
 
 
 def _open_scorer(
-    args: argparse.Namespace, component: ModelComponent
+    args: argparse.Namespace,
+    component: ModelComponent,
+    probes: Sequence[tuple[str, np.ndarray]],
 ) -> tuple[Scorer, str | None]:
     """The scorer, and why there is no pixel AUROC (None if there is)."""
     if args.agent is None:
@@ -920,14 +951,31 @@ def _open_scorer(
         )
     model = args.model or component.name
     scorer = AgentScorer(args.agent, model, component)
+    try:
+        scorer.check_same_graph(component, probes)
+    except BaseException:
+        scorer.close()
+        raise
     return scorer, "the agent returns only the mask, not anomaly_map"
+
+
+def _probes(samples: Sequence[Sample]) -> list[tuple[str, np.ndarray]]:
+    """Images on which the agent's model and the folder's must agree: the
+    first photo, and seeded noise, whose score is rarely clipped to 0 or 1."""
+    noise = np.random.default_rng(0).integers(0, 256, (96, 128, 3), dtype=np.uint8)
+    probes = [("a 128x96 noise image", noise)]
+    if samples:
+        # A photo the agent would refuse is reported where it is evaluated.
+        with contextlib.suppress(EvaluationError):
+            probes.insert(0, (str(samples[0].path), _read_photo(samples[0])))
+    return probes
 
 
 def run(args: argparse.Namespace, out: TextIO, err: TextIO) -> dict[str, Any]:
     """Evaluate, write the report folder, and return the summary."""
     component = _load(args.component_dir)
     samples = find_samples(args.data_dir)
-    scorer, no_pixel_auroc = _open_scorer(args, component)
+    scorer, no_pixel_auroc = _open_scorer(args, component, _probes(samples))
     report = args.out
     try:
         report.mkdir(parents=True, exist_ok=True)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import json
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -413,3 +414,23 @@ def test_errors(
 
     err = _error(capsys, red, dataset, "--out", out, "--model", "red-map")
     assert "add --agent" in err
+
+
+def test_an_agent_running_older_files_is_refused(
+    models: Path, dataset: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Retrained in place, the ARN stays; the scores tell the graphs apart."""
+    mine = tmp_path / "models"
+    shutil.copytree(models / "red-map", mine / "red-map")
+    with agent_context(mine, "--start", "red-map") as agent:
+        agent.wait_status("red-map", "RUNNING")
+        # The folder now holds another graph; the agent runs its copy.
+        shutil.copyfile(
+            models / "color-seg" / "model.onnx", mine / "red-map" / "model.onnx"
+        )
+        err = _error(
+            capsys, mine / "red-map", dataset, "--out", tmp_path / "r",
+            "--agent", agent.address,
+        )  # fmt: skip
+    assert "the agent runs other files than the folder holds now" in err
+    assert "edge-agent stop red-map" in err
