@@ -22,6 +22,7 @@ from frontend.config import (
     INLINE_TRANSPORTS,
     LOG_FORMATS,
     AgentConfig,
+    socket_address,
 )
 from frontend.settings import ENV_CONFIG, ConfigError, Settings
 from frontend.settings import load as load_settings
@@ -78,6 +79,13 @@ def _agent_flags(p: argparse.ArgumentParser) -> None:
     )  # fmt: skip
 
 
+def _address(value: str) -> str:
+    try:
+        return socket_address(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def _serve_parser(sub: Any) -> None:
     _agent_flags(sub.add_parser("serve", help="run the agent in the foreground"))
     p = sub.add_parser(
@@ -90,7 +98,10 @@ def _serve_parser(sub: Any) -> None:
 def _client_parsers(sub: Any) -> None:
     def add(name: str, help_text: str) -> argparse.ArgumentParser:
         p: argparse.ArgumentParser = sub.add_parser(name, help=help_text)
-        p.add_argument("--socket", default=DEFAULT_SOCKET, help="agent address")
+        p.add_argument(
+            "--socket", default=DEFAULT_SOCKET, type=_address,
+            help="agent address: unix:///path (or /path) or host:port",
+        )  # fmt: skip
         return p
 
     p = add("detect", "score an image file (PNG, JPEG) and print JSON")

@@ -52,6 +52,15 @@ def test_file_then_environment_then_command_line(tmp_path: Path) -> None:
     assert settings.sources["request_timeout_s"] == "default"
 
 
+def test_a_bare_socket_path_from_file_or_environment(tmp_path: Path) -> None:
+    path = write(tmp_path, 'socket = "/run/a/agent.sock"\n')
+    assert load(path, {}, {}).config.socket == "unix:///run/a/agent.sock"
+    env = {"EDGE_AGENT_SOCKET": "/run/b.sock"}
+    assert load(None, env, {}).config.socket == "unix:///run/b.sock"
+    with pytest.raises(ConfigError, match=r"write unix:///path .*\(from EDGE_AGENT"):
+        load(None, {"EDGE_AGENT_SOCKET": "agent.sock"}, {})
+
+
 def test_file_named_by_the_environment(tmp_path: Path) -> None:
     path = write(tmp_path, "backlog = 2\n")
     assert load(None, {"EDGE_AGENT_CONFIG": str(path)}, {}).config.backlog == 2
