@@ -24,11 +24,14 @@ from frontend.config import (
     AgentConfig,
     socket_address,
 )
-from frontend.settings import ENV_CONFIG, ConfigError, Settings
+from frontend.settings import ENV_CONFIG, ENV_OVERRIDES, ConfigError, Settings
 from frontend.settings import load as load_settings
 from frontend.settings import render as render_settings
 
 log = logging.getLogger(__name__)
+
+# The agent's own setting; the client commands default to it too.
+ENV_SOCKET = ENV_OVERRIDES["socket"]
 
 
 def _agent_flags(p: argparse.ArgumentParser) -> None:
@@ -99,8 +102,9 @@ def _client_parsers(sub: Any) -> None:
     def add(name: str, help_text: str) -> argparse.ArgumentParser:
         p: argparse.ArgumentParser = sub.add_parser(name, help=help_text)
         p.add_argument(
-            "--socket", default=DEFAULT_SOCKET, type=_address,
-            help="agent address: unix:///path (or /path) or host:port",
+            "--socket", default=None, type=_address,
+            help="agent address: unix:///path (or /path) or host:port "
+            f"(default ${ENV_SOCKET}, else {DEFAULT_SOCKET})",
         )  # fmt: skip
         return p
 
@@ -220,11 +224,26 @@ def _running_model(client: Any) -> str:
     return str(running[0])
 
 
+def _client_address(args: argparse.Namespace) -> str:
+    """``--socket``, else ``$EDGE_AGENT_SOCKET``, else the default."""
+    if args.socket is not None:
+        return str(args.socket)
+    value = os.environ.get(ENV_SOCKET)
+    if value is None:
+        return DEFAULT_SOCKET
+    try:
+        return socket_address(value, ENV_SOCKET)
+    except ValueError as exc:
+        print(f"edge-agent {args.command}: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
 def _run_client(args: argparse.Namespace) -> int:
     from frontend.client import EdgeAgentClient
 
+    address = _client_address(args)
     mode = int(getattr(args, "segment_mode", "0600"), 8)
-    with EdgeAgentClient(args.socket, segment_mode=mode) as client:
+    with EdgeAgentClient(address, segment_mode=mode) as client:
         if args.command == "detect":
             image = _read_image(args.image)
             model = args.model or _running_model(client)

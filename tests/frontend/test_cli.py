@@ -115,6 +115,31 @@ def test_model_commands(bundled: Agent) -> None:
     cli(bundled, "stop", "slow")
 
 
+def test_client_commands_default_to_edge_agent_socket(
+    bundled: Agent, tmp_path: Path
+) -> None:
+    def models(env_socket: str, *args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "frontend", "models", *args],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+            cwd=ROOT,
+            env={**os.environ, "EDGE_AGENT_SOCKET": env_socket},
+        )
+
+    done = models(str(bundled.socket_path))
+    assert done.returncode == 0, done.stderr
+    assert "brick-texture" in done.stdout
+    # A flag still wins over the environment.
+    done = models(f"unix://{tmp_path}/nobody.sock", "--socket", bundled.address)
+    assert done.returncode == 0, done.stderr
+    done = models("agent.sock")
+    assert done.returncode == 2
+    assert "EDGE_AGENT_SOCKET 'agent.sock' is not an address" in done.stderr
+
+
 def test_unreadable_image_is_a_clear_error(bundled: Agent, tmp_path: Path) -> None:
     bogus = tmp_path / "not-an-image.png"
     bogus.write_text("hello")
