@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -130,8 +131,29 @@ def read_file(path: Path) -> dict[str, Any]:
     except OSError as exc:
         raise ConfigError(f"cannot read configuration file {path}: {exc}") from exc
     except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{path} is not valid TOML: {exc}") from exc
+        hint = _decode_hint(path, exc)
+        raise ConfigError(f"{path} is not valid TOML: {exc}{hint}") from exc
     return data
+
+
+_LINE = re.compile(r"\(at line (\d+), column \d+\)")
+_OCTAL_MODE = re.compile(r"\s*socket_mode\s*=\s*0")
+
+
+def _decode_hint(path: Path, exc: tomllib.TOMLDecodeError) -> str:
+    """Advice for a mistake the parser's message does not explain."""
+    found = _LINE.search(str(exc))
+    if found is None:
+        return ""
+    try:
+        lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
+    except OSError:
+        return ""
+    number = int(found.group(1))
+    if number <= len(lines) and _OCTAL_MODE.match(lines[number - 1]):
+        # TOML has no leading-zero integers: 0660 is no number at all.
+        return '; write socket_mode as a string, such as "0660"'
+    return ""
 
 
 def _file_values(

@@ -96,12 +96,21 @@ def test_model_tables(tmp_path: Path) -> None:
         ('socket_mode = "rw"\n', "not an octal file mode"),
         ("socket_mode = 660\n", "the integer 660; write the octal mode as a string"),
         ("socket = [\n", "is not valid TOML"),
+        ("socket_mode = 0660\n", 'write socket_mode as a string, such as "0660"'),
+        ("grace_s = 1\n socket_mode = 0600 # ok\n", 'such as "0660"'),
     ],
 )
 def test_errors_name_the_key(tmp_path: Path, text: str, message: str) -> None:
     with pytest.raises(ConfigError) as info:
         load(write(tmp_path, text), {}, {})
     assert message in str(info.value)
+
+
+def test_other_toml_errors_get_no_socket_mode_hint(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as info:
+        load(write(tmp_path, 'socket_mode = "0660"\nbacklog = 08\n'), {}, {})
+    assert "is not valid TOML" in str(info.value)
+    assert "socket_mode" not in str(info.value)
 
 
 def test_missing_file(tmp_path: Path) -> None:
