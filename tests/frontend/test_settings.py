@@ -124,7 +124,30 @@ def test_render_shows_values_and_sources(tmp_path: Path) -> None:
     assert f"backlog = 3  # {path}" in text
     assert 'socket = "unix:///x.sock"  # EDGE_AGENT_SOCKET' in text
     assert "request_timeout_s = 30.0  # default" in text
-    assert "[models.m]\nautostart = true" in text
+    assert text.startswith(
+        "# Effective edge-agent configuration.\n"
+        "# Beside each value: where it came from.\n"
+    )
+    assert f"[models.m]\nautostart = true  # {path}\n" in text
+
+
+def test_render_says_where_model_values_came_from(tmp_path: Path) -> None:
+    path = write(tmp_path, "backlog = 6\n[models.m]\ncores = 2\nbacklog = 1\n")
+    text = render(load(path, {}, {"autostart": ["m", "n"], "grace_s": 1.0}))
+    m = text.split("[models.m]\n")[1].split("\n\n")[0].splitlines()
+    assert m == [
+        "autostart = true  # command line",
+        f"cores = 2  # {path}",
+        f"backlog = 1  # {path}",
+        "request_timeout_s = 30.0  # the agent's request_timeout_s (default)",
+    ]
+    n = text.split("[models.n]\n")[1].splitlines()
+    assert n == [
+        "autostart = true  # command line",
+        "# cores: the manifest's",
+        f"backlog = 6  # the agent's backlog ({path})",
+        "request_timeout_s = 30.0  # the agent's request_timeout_s (default)",
+    ]
 
 
 def cli(
