@@ -84,6 +84,8 @@ def test_configuration_errors_exit_2(
     done = serve(tmp_path, "--model-dir", str(tmp_path / "models"), *args)
     assert done.returncode == 2, done.stderr
     assert message in done.stderr
+    assert message in done.stderr.splitlines()[-1]
+    assert "Agent stopped" not in done.stderr
     assert "Traceback" not in done.stderr
     assert not (tmp_path / "agent.sock").exists()
 

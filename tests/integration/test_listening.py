@@ -69,3 +69,15 @@ def test_a_bare_socket_path_means_unix(model_dir: Path, tmp_path: Path) -> None:
     done = edge_agent("models", "--socket", "agent.sock")
     assert done.returncode == 2
     assert "write unix:///path (or /path) for a Unix socket" in done.stderr
+
+
+def test_a_missing_socket_directory_is_created_with_a_warning(
+    model_dir: Path, tmp_path: Path
+) -> None:
+    path = tmp_path / "new" / "run" / "agent.sock"
+    with agent_context(model_dir, socket_path=path) as agent:
+        line = next(x for x in agent.log().splitlines() if "directory" in x)
+        assert "WARNING" in line
+        assert f"Creating the socket's directory {path.parent}, which did" in line
+    with agent_context(model_dir, socket_path=path) as agent:
+        assert "Creating the socket's directory" not in agent.log()
