@@ -204,7 +204,7 @@ def _save_mask(mask: Any, path: Path) -> None:
     from PIL import Image
 
     try:
-        Image.fromarray(mask).save(path)
+        Image.fromarray(mask).save(path, format="PNG")
     except (OSError, ValueError) as exc:
         raise SystemExit(
             f"edge-agent: cannot save the mask as {path}: {exc} (give a .png path "
@@ -242,6 +242,15 @@ def _run_client(args: argparse.Namespace) -> int:
     from frontend.client import EdgeAgentClient
 
     address = _client_address(args)
+    mask = getattr(args, "mask", None)
+    if mask is not None and mask.suffix.lower() != ".png":
+        # A lossy format would smear the label colors the mask is made of.
+        print(
+            f"edge-agent detect: --mask {mask}: the mask is saved as PNG only; "
+            "give a path ending in .png",
+            file=sys.stderr,
+        )
+        return 2
     mode = int(getattr(args, "segment_mode", "0600"), 8)
     with EdgeAgentClient(address, segment_mode=mode) as client:
         if args.command == "detect":

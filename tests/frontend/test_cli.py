@@ -76,7 +76,8 @@ def test_good_samples_are_normal(bundled: Agent, sample: Path) -> None:
 def test_mask_is_saved_as_png(bundled: Agent, tmp_path: Path, in_segment: bool) -> None:
     bundled.wait_status("brick-texture", "RUNNING")
     sample = SAMPLES / "defective" / "bright-blob.png"
-    mask_path = tmp_path / "mask.png"
+    # The suffix is compared without regard to case.
+    mask_path = tmp_path / ("mask.PNG" if in_segment else "mask.png")
     extra = ["--mask-in-segment"] if in_segment else []
     result = json.loads(
         cli(bundled, "detect", str(sample), "--mask", str(mask_path), *extra).stdout
@@ -138,6 +139,24 @@ def test_client_commands_default_to_edge_agent_socket(
     done = models("agent.sock")
     assert done.returncode == 2
     assert "EDGE_AGENT_SOCKET 'agent.sock' is not an address" in done.stderr
+
+
+@pytest.mark.parametrize("name", ["mask.jpg", "mask.JPEG", "mask"])
+def test_mask_must_be_png(tmp_path: Path, name: str) -> None:
+    """Refused before any call: nobody answers on this socket."""
+    done = subprocess.run(
+        [
+            sys.executable, "-m", "frontend", "detect",
+            str(SAMPLES / "good" / "good_1.png"),
+            "--mask", str(tmp_path / name),
+            "--socket", f"unix://{tmp_path}/nobody.sock",
+        ],
+        capture_output=True, text=True, timeout=60, check=False, cwd=ROOT,
+    )  # fmt: skip
+    assert done.returncode == 2
+    assert "the mask is saved as PNG only; give a path ending in .png" in done.stderr
+    assert "UNAVAILABLE" not in done.stderr
+    assert not (tmp_path / name).exists()
 
 
 def test_unreadable_image_is_a_clear_error(bundled: Agent, tmp_path: Path) -> None:
