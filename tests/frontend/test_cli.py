@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -11,6 +12,7 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+import grpc
 import numpy as np
 import pytest
 from PIL import Image
@@ -232,3 +234,33 @@ def test_client_refuses_arrays_that_are_not_rgb888(bundled: Agent) -> None:
         bundled.client.detect("brick-texture", image)
     with pytest.raises(TypeError, match="uint8 arrays of shape"):
         bundled.client.detect("brick-texture", np.zeros((64, 64, 4), np.uint8))
+
+
+def test_readme_shows_what_a_python_caller_catches(bundled: Agent) -> None:
+    """The client raises grpc.RpcError; the README's example handles it."""
+    with pytest.raises(grpc.RpcError) as info:
+        bundled.client.detect("nope", np.zeros((64, 64, 3), np.uint8))
+    assert info.value.code() == grpc.StatusCode.NOT_FOUND
+
+    readme = (ROOT / "README.md").read_text()
+    blocks = re.findall(r"```python\n(.*?)```", readme, re.DOTALL)
+    example = next(b for b in blocks if "RESOURCE_EXHAUSTED" in b)
+
+    class Refusal(grpc.RpcError):
+        def __init__(self, code: grpc.StatusCode) -> None:
+            self._code = code
+
+        def code(self) -> grpc.StatusCode:
+            return self._code
+
+    class FakeAgent:
+        def __init__(self, code: grpc.StatusCode) -> None:
+            self.code = code
+
+        def detect(self, model: str, image: object) -> None:
+            raise Refusal(self.code)
+
+    # A full backlog is caught; any other refusal goes on up.
+    exec(example, {"agent": FakeAgent(grpc.StatusCode.RESOURCE_EXHAUSTED), "image": 0})
+    with pytest.raises(Refusal):
+        exec(example, {"agent": FakeAgent(grpc.StatusCode.NOT_FOUND), "image": 0})
