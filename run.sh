@@ -4,6 +4,7 @@
 #   ./run.sh test       install test tools, then lint, type-check and test
 #   ./run.sh proto      regenerate frontend/_proto from proto/edge-agent.proto
 #   ./run.sh bundle     rebuild models/brick-texture and samples/
+#   ./run.sh bench      measure the agent against the alternatives (--quick)
 # Anything after "./run.sh serve" goes to "edge-agent serve".
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -60,7 +61,8 @@ case "$cmd" in
     exec "$venv/bin/python" scripts/bench.py "$@"
     ;;
   *)
-    echo "usage: ./run.sh [serve [ARGS...] | test [PYTEST ARGS...] | proto | bundle]" >&2
+    echo "usage: ./run.sh [serve [ARGS...] | test [PYTEST ARGS...] | proto" \
+      "| bundle [ARGS...] | bench [ARGS...]]" >&2
     exit 2
     ;;
 esac

@@ -22,12 +22,16 @@ from frontend.config import (
     INLINE_TRANSPORTS,
     LOG_FORMATS,
     AgentConfig,
+    socket_address,
 )
-from frontend.settings import ENV_CONFIG, ConfigError, Settings
+from frontend.settings import ENV_CONFIG, ENV_OVERRIDES, ConfigError, Settings
 from frontend.settings import load as load_settings
 from frontend.settings import render as render_settings
 
 log = logging.getLogger(__name__)
+
+# The agent's own setting; the client commands default to it too.
+ENV_SOCKET = ENV_OVERRIDES["socket"]
 
 
 def _agent_flags(p: argparse.ArgumentParser) -> None:
@@ -78,6 +82,13 @@ def _agent_flags(p: argparse.ArgumentParser) -> None:
     )  # fmt: skip
 
 
+def _address(value: str) -> str:
+    try:
+        return socket_address(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def _serve_parser(sub: Any) -> None:
     _agent_flags(sub.add_parser("serve", help="run the agent in the foreground"))
     p = sub.add_parser(
@@ -90,7 +101,11 @@ def _serve_parser(sub: Any) -> None:
 def _client_parsers(sub: Any) -> None:
     def add(name: str, help_text: str) -> argparse.ArgumentParser:
         p: argparse.ArgumentParser = sub.add_parser(name, help=help_text)
-        p.add_argument("--socket", default=DEFAULT_SOCKET, help="agent address")
+        p.add_argument(
+            "--socket", default=None, type=_address,
+            help="agent address: unix:///path (or /path) or host:port "
+            f"(default ${ENV_SOCKET}, else {DEFAULT_SOCKET})",
+        )  # fmt: skip
         return p
 
     p = add("detect", "score an image file (PNG, JPEG) and print JSON")
@@ -189,7 +204,7 @@ def _save_mask(mask: Any, path: Path) -> None:
     from PIL import Image
 
     try:
-        Image.fromarray(mask).save(path)
+        Image.fromarray(mask).save(path, format="PNG")
     except (OSError, ValueError) as exc:
         raise SystemExit(
             f"edge-agent: cannot save the mask as {path}: {exc} (give a .png path "
@@ -209,11 +224,35 @@ def _running_model(client: Any) -> str:
     return str(running[0])
 
 
+def _client_address(args: argparse.Namespace) -> str:
+    """``--socket``, else ``$EDGE_AGENT_SOCKET``, else the default."""
+    if args.socket is not None:
+        return str(args.socket)
+    value = os.environ.get(ENV_SOCKET)
+    if value is None:
+        return DEFAULT_SOCKET
+    try:
+        return socket_address(value, ENV_SOCKET)
+    except ValueError as exc:
+        print(f"edge-agent {args.command}: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
 def _run_client(args: argparse.Namespace) -> int:
     from frontend.client import EdgeAgentClient
 
+    address = _client_address(args)
+    mask = getattr(args, "mask", None)
+    if mask is not None and mask.suffix.lower() != ".png":
+        # A lossy format would smear the label colors the mask is made of.
+        print(
+            f"edge-agent detect: --mask {mask}: the mask is saved as PNG only; "
+            "give a path ending in .png",
+            file=sys.stderr,
+        )
+        return 2
     mode = int(getattr(args, "segment_mode", "0600"), 8)
-    with EdgeAgentClient(args.socket, segment_mode=mode) as client:
+    with EdgeAgentClient(address, segment_mode=mode) as client:
         if args.command == "detect":
             image = _read_image(args.image)
             model = args.model or _running_model(client)

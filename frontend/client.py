@@ -109,9 +109,13 @@ class EdgeAgentClient:
         timeout_s: float = 60.0,
         segment_mode: int = 0o600,
     ) -> None:
-        """``segment_mode`` 0o660 lets an agent of the same group, run as
-        another user (as under deploy/edge-agent.service), use our segments."""
+        """``address`` is a gRPC target; a bare absolute path means
+        ``unix://PATH``. ``segment_mode`` 0o660 lets an agent of the same
+        group, run as another user (as under deploy/edge-agent.service), use
+        our segments."""
         self.segment_mode = segment_mode
+        if address.startswith("/"):
+            address = f"unix://{address}"  # a bare socket path
         self.channel = grpc.insecure_channel(
             address,
             options=[

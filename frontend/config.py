@@ -51,6 +51,30 @@ def parse_tcp_address(address: str, setting: str = "tcp_address") -> tuple[str, 
     return host, int(port_text)
 
 
+def socket_address(value: str, setting: str = "socket") -> str:
+    """``value`` as a gRPC address, or ValueError saying what to write.
+
+    ``unix:PATH`` (``unix:///abs/path``) and ``HOST:PORT`` are gRPC's own;
+    an absolute path means ``unix://PATH``.
+    """
+    if value.startswith("/"):
+        return f"unix://{value}"
+    if value.startswith("unix://"):
+        # gRPC takes no host here: unix://tmp/a.sock is a mistake.
+        usable = value[len("unix://") :].startswith("/")
+    elif value.startswith(("unix:", "unix-abstract:")):
+        usable = bool(value.partition(":")[2])
+    else:
+        host, _, port = value.rpartition(":")
+        usable = bool(host) and port.isdigit() and 1 <= int(port) <= 65535
+    if usable:
+        return value
+    raise ValueError(
+        f"{setting} {value!r} is not an address the agent can use; write "
+        "unix:///path (or /path) for a Unix socket, or host:port for TCP"
+    )
+
+
 @dataclass(frozen=True)
 class AgentConfig:
     socket: str = DEFAULT_SOCKET
@@ -84,6 +108,8 @@ class AgentConfig:
 
     def __post_init__(self) -> None:
         """Refuse settings that would leave the agent useless, naming them."""
+        # A bare absolute path stands for unix://PATH.
+        object.__setattr__(self, "socket", socket_address(self.socket))
         self._check_choices()
         self._check_numbers()
         self._check_addresses()

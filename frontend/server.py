@@ -73,7 +73,12 @@ def claim_socket(path: Path) -> IO[str]:
     also catches a live server that is not ours (such as the original
     agent), whose socket we must not take over.
     """
-    path.parent.mkdir(parents=True, exist_ok=True)
+    if not path.parent.is_dir():
+        # Deployments rely on this; a typo in the path shows up here.
+        log.warning(
+            "Creating the socket's directory %s, which did not exist", path.parent
+        )
+        path.parent.mkdir(parents=True, exist_ok=True)
     lock = open(f"{path}.lock", "a+")  # noqa: SIM115 -- held for the run
     try:
         fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -138,14 +143,20 @@ async def serve(config: AgentConfig) -> int:
     """Run the agent until SIGTERM or SIGINT; return the exit code."""
     socket_path = config.socket_path
     lock = claim_socket(socket_path) if socket_path is not None else None
+    started = True
     try:
         return await _serve(config)
+    except StartupError:
+        # The caller says why; an agent that never started never stopped.
+        started = False
+        raise
     finally:
         if socket_path is not None:
             socket_path.unlink(missing_ok=True)
         if lock is not None:
             lock.close()
-        log.info("Agent stopped")
+        if started:
+            log.info("Agent stopped")
 
 
 async def _serve(config: AgentConfig) -> int:
@@ -319,13 +330,19 @@ def _rescan_on_hangup(config: AgentConfig, supervisor: Supervisor) -> Iterator[N
 def _log_rescan(config: AgentConfig, result: RescanResult) -> None:
     changes = [
         f"{what} {', '.join(names)}"
-        for what, names in (
-            ("added", result.added),
-            ("removed", result.removed),
-            ("kept while started, though gone", result.kept),
-        )
+        for what, names in (("added", result.added), ("removed", result.removed))
         if names
     ]
+    if len(result.kept) == 1:
+        changes.append(
+            f"kept {result.kept[0]}: its folder is gone but the model is running; "
+            "it is dropped at the first rescan after it stops"
+        )
+    elif result.kept:
+        changes.append(
+            f"kept {', '.join(result.kept)}: their folders are gone but the models "
+            "are running; each is dropped at the first rescan after it stops"
+        )
     log.info(
         "Rescanned model directory %s on SIGHUP: %s",
         config.model_dir,

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -130,8 +131,29 @@ def read_file(path: Path) -> dict[str, Any]:
     except OSError as exc:
         raise ConfigError(f"cannot read configuration file {path}: {exc}") from exc
     except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{path} is not valid TOML: {exc}") from exc
+        hint = _decode_hint(path, exc)
+        raise ConfigError(f"{path} is not valid TOML: {exc}{hint}") from exc
     return data
+
+
+_LINE = re.compile(r"\(at line (\d+), column \d+\)")
+_OCTAL_MODE = re.compile(r"\s*socket_mode\s*=\s*0")
+
+
+def _decode_hint(path: Path, exc: tomllib.TOMLDecodeError) -> str:
+    """Advice for a mistake the parser's message does not explain."""
+    found = _LINE.search(str(exc))
+    if found is None:
+        return ""
+    try:
+        lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
+    except OSError:
+        return ""
+    number = int(found.group(1))
+    if number <= len(lines) and _OCTAL_MODE.match(lines[number - 1]):
+        # TOML has no leading-zero integers: 0660 is no number at all.
+        return '; write socket_mode as a string, such as "0660"'
+    return ""
 
 
 def _file_values(
@@ -217,7 +239,10 @@ def load(
 def render(settings: Settings) -> str:
     """The effective configuration as TOML, each value's source beside it."""
     config = settings.config
-    lines = ["# Effective edge-agent configuration; # where each value came from."]
+    lines = [
+        "# Effective edge-agent configuration.",
+        "# Beside each value: where it came from.",
+    ]
     if settings.config_file is not None:
         lines.append(f"# File: {settings.config_file}")
     for name, source in settings.sources.items():
@@ -225,14 +250,32 @@ def render(settings: Settings) -> str:
             continue
         lines.append(f"{name} = {_toml(name, getattr(config, name))}  # {source}")
     for name in sorted(set(config.models) | set(config.autostart)):
-        model = config.model(name)
-        lines += ["", f"[models.{_key(name)}]"]
-        lines.append(f"autostart = {_toml('autostart', model.autostart)}")
-        if model.cores is not None:
-            lines.append(f"cores = {model.cores}  # else the manifest's")
-        lines.append(f"backlog = {model.backlog}")
-        lines.append(f"request_timeout_s = {model.request_timeout_s}")
+        lines += ["", f"[models.{_key(name)}]", *_model_lines(settings, name)]
     return "\n".join(lines) + "\n"
+
+
+def _model_lines(settings: Settings, name: str) -> list[str]:
+    """A model's table; its own values come from the file, the rest inherit."""
+    config = settings.config
+    own = config.models.get(name, ModelSettings())
+    model = config.model(name)
+    if name in config.autostart:
+        source = settings.sources["autostart"]
+    else:
+        source = str(settings.config_file) if own.autostart else DEFAULT
+    lines = [f"autostart = {_toml('autostart', model.autostart)}  # {source}"]
+    if own.cores is not None:
+        lines.append(f"cores = {own.cores}  # {settings.config_file}")
+    else:
+        lines.append("# cores: the manifest's")
+    for key in ("backlog", "request_timeout_s"):
+        value = getattr(model, key)
+        if getattr(own, key) is not None:
+            source = str(settings.config_file)
+        else:
+            source = f"the agent's {key} ({settings.sources[key]})"
+        lines.append(f"{key} = {_toml(key, value)}  # {source}")
+    return lines
 
 
 def _key(name: str) -> str:

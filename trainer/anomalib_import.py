@@ -796,10 +796,10 @@ def import_export(
     """
     export_dir, out_dir = Path(export_dir), Path(out_dir)
     _check_args(name, kind, version, cores)
-    color = color.upper()
+    given, color = color, color.upper()
     if not _COLOR_RE.fullmatch(color) or color == "#FFFFFF":
         raise AnomalibImportError(
-            f"color {color!r} must be #RRGGBB, and not #FFFFFF (the background)"
+            f"color {given!r} must be #RRGGBB, and not #FFFFFF (the background)"
         )
     if not label or label == "background":
         raise AnomalibImportError("label must be non-empty and not 'background'")

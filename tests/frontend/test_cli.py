@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -11,6 +12,7 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+import grpc
 import numpy as np
 import pytest
 from PIL import Image
@@ -76,7 +78,8 @@ def test_good_samples_are_normal(bundled: Agent, sample: Path) -> None:
 def test_mask_is_saved_as_png(bundled: Agent, tmp_path: Path, in_segment: bool) -> None:
     bundled.wait_status("brick-texture", "RUNNING")
     sample = SAMPLES / "defective" / "bright-blob.png"
-    mask_path = tmp_path / "mask.png"
+    # The suffix is compared without regard to case.
+    mask_path = tmp_path / ("mask.PNG" if in_segment else "mask.png")
     extra = ["--mask-in-segment"] if in_segment else []
     result = json.loads(
         cli(bundled, "detect", str(sample), "--mask", str(mask_path), *extra).stdout
@@ -113,6 +116,49 @@ def test_model_commands(bundled: Agent) -> None:
     waited = cli(bundled, "start", "slow", "--wait")
     assert json.loads(waited.stdout.split("\n", 1)[1])["status"] == "RUNNING"
     cli(bundled, "stop", "slow")
+
+
+def test_client_commands_default_to_edge_agent_socket(
+    bundled: Agent, tmp_path: Path
+) -> None:
+    def models(env_socket: str, *args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "frontend", "models", *args],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+            cwd=ROOT,
+            env={**os.environ, "EDGE_AGENT_SOCKET": env_socket},
+        )
+
+    done = models(str(bundled.socket_path))
+    assert done.returncode == 0, done.stderr
+    assert "brick-texture" in done.stdout
+    # A flag still wins over the environment.
+    done = models(f"unix://{tmp_path}/nobody.sock", "--socket", bundled.address)
+    assert done.returncode == 0, done.stderr
+    done = models("agent.sock")
+    assert done.returncode == 2
+    assert "EDGE_AGENT_SOCKET 'agent.sock' is not an address" in done.stderr
+
+
+@pytest.mark.parametrize("name", ["mask.jpg", "mask.JPEG", "mask"])
+def test_mask_must_be_png(tmp_path: Path, name: str) -> None:
+    """Refused before any call: nobody answers on this socket."""
+    done = subprocess.run(
+        [
+            sys.executable, "-m", "frontend", "detect",
+            str(SAMPLES / "good" / "good_1.png"),
+            "--mask", str(tmp_path / name),
+            "--socket", f"unix://{tmp_path}/nobody.sock",
+        ],
+        capture_output=True, text=True, timeout=60, check=False, cwd=ROOT,
+    )  # fmt: skip
+    assert done.returncode == 2
+    assert "the mask is saved as PNG only; give a path ending in .png" in done.stderr
+    assert "UNAVAILABLE" not in done.stderr
+    assert not (tmp_path / name).exists()
 
 
 def test_unreadable_image_is_a_clear_error(bundled: Agent, tmp_path: Path) -> None:
@@ -188,3 +234,33 @@ def test_client_refuses_arrays_that_are_not_rgb888(bundled: Agent) -> None:
         bundled.client.detect("brick-texture", image)
     with pytest.raises(TypeError, match="uint8 arrays of shape"):
         bundled.client.detect("brick-texture", np.zeros((64, 64, 4), np.uint8))
+
+
+def test_readme_shows_what_a_python_caller_catches(bundled: Agent) -> None:
+    """The client raises grpc.RpcError; the README's example handles it."""
+    with pytest.raises(grpc.RpcError) as info:
+        bundled.client.detect("nope", np.zeros((64, 64, 3), np.uint8))
+    assert info.value.code() == grpc.StatusCode.NOT_FOUND
+
+    readme = (ROOT / "README.md").read_text()
+    blocks = re.findall(r"```python\n(.*?)```", readme, re.DOTALL)
+    example = next(b for b in blocks if "RESOURCE_EXHAUSTED" in b)
+
+    class Refusal(grpc.RpcError):
+        def __init__(self, code: grpc.StatusCode) -> None:
+            self._code = code
+
+        def code(self) -> grpc.StatusCode:
+            return self._code
+
+    class FakeAgent:
+        def __init__(self, code: grpc.StatusCode) -> None:
+            self.code = code
+
+        def detect(self, model: str, image: object) -> None:
+            raise Refusal(self.code)
+
+    # A full backlog is caught; any other refusal goes on up.
+    exec(example, {"agent": FakeAgent(grpc.StatusCode.RESOURCE_EXHAUSTED), "image": 0})
+    with pytest.raises(Refusal):
+        exec(example, {"agent": FakeAgent(grpc.StatusCode.NOT_FOUND), "image": 0})

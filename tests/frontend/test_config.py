@@ -26,6 +26,9 @@ from tests.agent import ROOT, agent_context, wait_until
         ({"tcp_address": "127.0.0.1:116513"}, "port from 1 to 65535"),
         ({"tcp_address": "localhost:"}, "port from 1 to 65535"),
         ({"max_message_bytes": 4 << 20}, "at least 64 MiB"),
+        ({"socket": "tmp/agent.sock"}, "write unix:///path"),
+        ({"socket": "unix://tmp/agent.sock"}, "write unix:///path"),
+        ({"socket": "localhost"}, "or host:port for TCP"),
     ],
 )
 def test_bad_settings_are_refused(settings: dict[str, object], named: str) -> None:
@@ -42,6 +45,12 @@ def test_tcp_addresses() -> None:
 def test_socket_path() -> None:
     assert AgentConfig(socket="unix:///run/a.sock").socket_path == Path("/run/a.sock")
     assert AgentConfig(socket="127.0.0.1:5").socket_path is None
+
+
+def test_a_bare_path_is_a_unix_socket() -> None:
+    config = AgentConfig(socket="/run/a.sock")
+    assert config.socket == "unix:///run/a.sock"
+    assert config.socket_path == Path("/run/a.sock")
 
 
 def serve(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
@@ -64,6 +73,7 @@ def serve(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
         (["--tcp", "99999"], "port from 1 to 65535"),
         (["--request-timeout-s", "0"], "request_timeout_s"),
         (["--start", "nope"], "cannot start nope: no such component"),
+        (["--socket", "agent.sock"], "write unix:///path (or /path)"),
     ],
 )
 def test_configuration_errors_exit_2(
@@ -74,6 +84,8 @@ def test_configuration_errors_exit_2(
     done = serve(tmp_path, "--model-dir", str(tmp_path / "models"), *args)
     assert done.returncode == 2, done.stderr
     assert message in done.stderr
+    assert message in done.stderr.splitlines()[-1]
+    assert "Agent stopped" not in done.stderr
     assert "Traceback" not in done.stderr
     assert not (tmp_path / "agent.sock").exists()
 

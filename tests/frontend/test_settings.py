@@ -52,6 +52,15 @@ def test_file_then_environment_then_command_line(tmp_path: Path) -> None:
     assert settings.sources["request_timeout_s"] == "default"
 
 
+def test_a_bare_socket_path_from_file_or_environment(tmp_path: Path) -> None:
+    path = write(tmp_path, 'socket = "/run/a/agent.sock"\n')
+    assert load(path, {}, {}).config.socket == "unix:///run/a/agent.sock"
+    env = {"EDGE_AGENT_SOCKET": "/run/b.sock"}
+    assert load(None, env, {}).config.socket == "unix:///run/b.sock"
+    with pytest.raises(ConfigError, match=r"write unix:///path .*\(from EDGE_AGENT"):
+        load(None, {"EDGE_AGENT_SOCKET": "agent.sock"}, {})
+
+
 def test_file_named_by_the_environment(tmp_path: Path) -> None:
     path = write(tmp_path, "backlog = 2\n")
     assert load(None, {"EDGE_AGENT_CONFIG": str(path)}, {}).config.backlog == 2
@@ -87,12 +96,21 @@ def test_model_tables(tmp_path: Path) -> None:
         ('socket_mode = "rw"\n', "not an octal file mode"),
         ("socket_mode = 660\n", "the integer 660; write the octal mode as a string"),
         ("socket = [\n", "is not valid TOML"),
+        ("socket_mode = 0660\n", 'write socket_mode as a string, such as "0660"'),
+        ("grace_s = 1\n socket_mode = 0600 # ok\n", 'such as "0660"'),
     ],
 )
 def test_errors_name_the_key(tmp_path: Path, text: str, message: str) -> None:
     with pytest.raises(ConfigError) as info:
         load(write(tmp_path, text), {}, {})
     assert message in str(info.value)
+
+
+def test_other_toml_errors_get_no_socket_mode_hint(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as info:
+        load(write(tmp_path, 'socket_mode = "0660"\nbacklog = 08\n'), {}, {})
+    assert "is not valid TOML" in str(info.value)
+    assert "socket_mode" not in str(info.value)
 
 
 def test_missing_file(tmp_path: Path) -> None:
@@ -106,7 +124,30 @@ def test_render_shows_values_and_sources(tmp_path: Path) -> None:
     assert f"backlog = 3  # {path}" in text
     assert 'socket = "unix:///x.sock"  # EDGE_AGENT_SOCKET' in text
     assert "request_timeout_s = 30.0  # default" in text
-    assert "[models.m]\nautostart = true" in text
+    assert text.startswith(
+        "# Effective edge-agent configuration.\n"
+        "# Beside each value: where it came from.\n"
+    )
+    assert f"[models.m]\nautostart = true  # {path}\n" in text
+
+
+def test_render_says_where_model_values_came_from(tmp_path: Path) -> None:
+    path = write(tmp_path, "backlog = 6\n[models.m]\ncores = 2\nbacklog = 1\n")
+    text = render(load(path, {}, {"autostart": ["m", "n"], "grace_s": 1.0}))
+    m = text.split("[models.m]\n")[1].split("\n\n")[0].splitlines()
+    assert m == [
+        "autostart = true  # command line",
+        f"cores = 2  # {path}",
+        f"backlog = 1  # {path}",
+        "request_timeout_s = 30.0  # the agent's request_timeout_s (default)",
+    ]
+    n = text.split("[models.n]\n")[1].splitlines()
+    assert n == [
+        "autostart = true  # command line",
+        "# cores: the manifest's",
+        f"backlog = 6  # the agent's backlog ({path})",
+        "request_timeout_s = 30.0  # the agent's request_timeout_s (default)",
+    ]
 
 
 def cli(

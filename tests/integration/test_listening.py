@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import socket
 import stat
+import subprocess
+import sys
 from pathlib import Path
 
 import grpc
@@ -11,7 +13,7 @@ import psutil
 
 from frontend._proto import edge_agent_pb2 as pb2
 from frontend._proto import edge_agent_pb2_grpc as pb2_grpc
-from tests.agent import agent_context
+from tests.agent import ROOT, agent_context
 
 
 def free_port() -> int:
@@ -44,3 +46,38 @@ def test_tcp_on_loopback_and_socket_mode(model_dir: Path) -> None:
 def test_default_socket_mode_is_0660(model_dir: Path) -> None:
     with agent_context(model_dir) as agent:
         assert stat.S_IMODE(agent.socket_path.stat().st_mode) == 0o660
+
+
+def edge_agent(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "frontend", *args],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+        cwd=ROOT,
+    )
+
+
+def test_a_bare_socket_path_means_unix(model_dir: Path, tmp_path: Path) -> None:
+    path = tmp_path / "d.sock"
+    with agent_context(model_dir, "--socket", str(path), socket_path=path) as agent:
+        assert f"Agent ready on unix://{path}" in agent.log()
+        done = edge_agent("models", "--socket", str(path))
+        assert done.returncode == 0, done.stderr
+        assert "red-mean" in done.stdout
+    done = edge_agent("models", "--socket", "agent.sock")
+    assert done.returncode == 2
+    assert "write unix:///path (or /path) for a Unix socket" in done.stderr
+
+
+def test_a_missing_socket_directory_is_created_with_a_warning(
+    model_dir: Path, tmp_path: Path
+) -> None:
+    path = tmp_path / "new" / "run" / "agent.sock"
+    with agent_context(model_dir, socket_path=path) as agent:
+        line = next(x for x in agent.log().splitlines() if "directory" in x)
+        assert "WARNING" in line
+        assert f"Creating the socket's directory {path.parent}, which did" in line
+    with agent_context(model_dir, socket_path=path) as agent:
+        assert "Creating the socket's directory" not in agent.log()

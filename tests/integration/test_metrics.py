@@ -246,5 +246,8 @@ def test_a_taken_port_is_a_configuration_error(model_dir: Path, tmp_path: Path) 
     assert f"cannot serve metrics on {port}" in done.stderr
     # Refused before the socket accepted: no "ready", no traceback.
     assert "Agent ready" not in done.stderr
+    # An agent that never started logs the reason, and no "stopped".
+    assert "Cannot start" in done.stderr.splitlines()[-1]
+    assert "Agent stopped" not in done.stderr
     assert "Traceback" not in done.stderr and "never awaited" not in done.stderr
     assert not (tmp_path / "agent.sock").exists()

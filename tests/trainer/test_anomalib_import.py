@@ -721,6 +721,8 @@ def test_error_bad_arguments_and_existing_component(
     _expect(v2_export, out, "--name", name="../escape")
     _expect(v2_export, out, "MAJOR.MINOR.PATCH", version="1.0")
     _expect(v2_export, out, "#FFFFFF", color="#ffffff")
+    # The message echoes what the user wrote, not its upper-case form.
+    _expect(v2_export, out, "color 'red' must be #RRGGBB", color="red")
     first = import_export(v2_export, out, name="twice")
     with pytest.raises(AnomalibImportError, match="--force"):
         import_export(v2_export, out, name="twice")
