@@ -37,8 +37,11 @@ from frontend.runs import make_run_dir, remove_snapshot, snapshot_component
 from frontend.staging import StagingPool
 from frontend.worker import WorkerProcess, WorkerSettings, WorkerStartError
 from shared.component import (
+    MANIFEST_FILE,
+    MODEL_FILE,
     ComponentError,
     ModelComponent,
+    check_component_name,
     load_component,
     scan_model_dir,
 )
@@ -467,10 +470,22 @@ class Supervisor:
             known = ", ".join(sorted(self.models)) or "none"
             raise RequestError(
                 grpc.StatusCode.NOT_FOUND,
-                f"no model component named {name!r} in {self.config.model_dir}; "
-                f"known components: {known}",
+                f"no model component named {name!r} in {self.config.model_dir}"
+                f"{self._why_not_a_component(name)}; known components: {known}",
             )
         return model
+
+    def _why_not_a_component(self, name: str) -> str:
+        """Why a folder of that name is no component, or "" if none exists."""
+        if check_component_name(name) is not None:
+            return ""  # validation refuses such names before they get here
+        folder = self.config.model_dir / name
+        if not folder.is_dir():
+            return ""
+        return (
+            f" (the folder {folder} exists but holds no {MANIFEST_FILE}; a "
+            f"component is a folder with {MANIFEST_FILE} and {MODEL_FILE})"
+        )
 
     async def drain(self, timeout_s: float) -> bool:
         """Wait until no model has admitted requests; False on timeout."""

@@ -14,7 +14,8 @@ from tests.model_factory import write_component
 
 @pytest.fixture(scope="session")
 def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """red-mean, color-seg, slow, and a broken component."""
+    """red-mean, color-seg, slow, broken components, and a folder without a
+    manifest."""
     folder = tmp_path_factory.mktemp("models")
     for name in ("red-mean", "color-seg", "slow"):
         write_component(folder, name)
@@ -23,6 +24,9 @@ def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     (broken / "manifest.json").write_text('{"format_version": 1, "name": "broken"')
     garbage = write_component(folder, "garbage", "red-mean")
     (garbage / "model.onnx").write_bytes(b"this is not an ONNX graph")
+    # A folder that is no component: a graph but no manifest.
+    write_component(folder, "no-manifest", "red-mean")
+    (folder / "no-manifest" / "manifest.json").unlink()
     return folder
 
 

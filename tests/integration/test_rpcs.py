@@ -255,3 +255,17 @@ def test_unknown_model_is_not_found(running: Agent) -> None:
         lambda: stub.DetectAnomalies(inline_request("ghost", colored_image())),
     ):
         assert "ghost" in expect_code(call, grpc.StatusCode.NOT_FOUND)
+
+
+def test_a_folder_without_manifest_is_named_as_such(running: Agent) -> None:
+    call = lambda: running.stub.StartModel(  # noqa: E731
+        pb2.StartModelRequest(model_component="no-manifest")
+    )
+    details = expect_code(call, grpc.StatusCode.NOT_FOUND)
+    assert f"the folder {running.model_dir / 'no-manifest'} exists" in details
+    assert "holds no manifest.json" in details
+    ghost = expect_code(
+        lambda: running.stub.StartModel(pb2.StartModelRequest(model_component="x")),
+        grpc.StatusCode.NOT_FOUND,
+    )
+    assert "exists" not in ghost
