@@ -904,7 +904,9 @@ def make_plan(args: argparse.Namespace) -> Plan:
         concurrency=concurrency,
         sizes=sizes,
         soak=args.soak if args.soak is not None else soak_n,
-        two_model_requests=max(4, requests // 3),
+        # Long enough runs (about 4 s each) that start-up and one stray
+        # process do not decide the ratio.
+        two_model_requests=max(4, requests),
     )
 
 
