@@ -300,7 +300,7 @@ def document(results: dict[str, Any]) -> list[str]:
         "other work shared the machine, so compare the paths side by side "
         "(they ran interleaved), not with another run.",
         "",
-        "Rerun: `./run.sh bench` (about 10 minutes; `--quick` for a smoke run of "
+        "Rerun: `./run.sh bench` (about 7 minutes; `--quick` for a smoke run of "
         "about one minute, `--requests N`, `--repeats N`, `--soak N`, "
         "`--sizes`, `--concurrency`, `--out-dir DIR`, `--agent-env KEY=VALUE` "
         "to start the agent with an extra environment variable). Raw results: "
