@@ -58,7 +58,12 @@ def socket_address(value: str, setting: str = "socket") -> str:
     an absolute path means ``unix://PATH``.
     """
     if value.startswith("/"):
-        return f"unix://{value}"
+        value = f"unix://{value}"
+    if value.startswith("unix:") and value.endswith("/"):
+        raise ValueError(
+            f"{setting} {value!r} names a directory; a Unix socket address names "
+            "the socket file, such as unix:///run/edge-agent/agent.sock"
+        )
     if value.startswith("unix://"):
         # gRPC takes no host here: unix://tmp/a.sock is a mistake.
         usable = value[len("unix://") :].startswith("/")

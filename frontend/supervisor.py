@@ -212,21 +212,13 @@ class Model:
         backoff_s = config.restart_backoff_s
         snapshot: Path | None = None
         try:
-            # Every worker of this start, restarts included, loads this copy
-            # (see frontend.runs.snapshot_component).
-            try:
-                snapshot = await asyncio.to_thread(
-                    snapshot_component, component.path, self.supervisor.run_dir,
-                    self._starts,
-                )  # fmt: skip
-                component = load_component(snapshot)
-            except (OSError, ComponentError) as exc:
-                message = f"cannot take the copy of the component it runs: {exc}"
-                log.error("Model model=%s FAILED: %s", self.name, message)
-                self._set_state(ModelState.FAILED, message)
-                return
-            self.component = component
             while not self._stop_requested:
+                # Every worker of this start, restarts included, loads one
+                # copy (see frontend.runs.snapshot_component).
+                taken = await self._copy_to_run(snapshot, component)
+                if taken is None:
+                    return
+                snapshot, component = taken
                 cause, served_s, client_fault = await self._run_worker(component)
                 if cause is None or self._stop_requested:
                     return
@@ -259,6 +251,11 @@ class Model:
         except WorkerStartError as exc:
             log.error("Model model=%s FAILED: %s", self.name, exc)
             self._set_state(ModelState.FAILED, str(exc))
+        except Exception as exc:
+            # A bug or an unforeseen OS error: the model must not stay
+            # STARTING with nobody left to move it on.
+            log.exception("Model model=%s FAILED: internal error", self.name)
+            self._set_state(ModelState.FAILED, f"internal error: {exc!r}")
         finally:
             self.supervisor.cores.release(self.name)
             if self.staging is not None:
@@ -266,6 +263,49 @@ class Model:
                 self.staging = None
             if snapshot is not None:
                 remove_snapshot(snapshot)
+
+    async def _snapshot(
+        self, source: Path, failure: str
+    ) -> tuple[Path, ModelComponent] | None:
+        """Copy `source` into the run directory and load the copy; on an
+        error the model is FAILED with `failure` and the reason, and None
+        is returned."""
+        snapshot: Path | None = None
+        try:
+            snapshot = await asyncio.to_thread(
+                snapshot_component, source, self.supervisor.run_dir, self._starts
+            )
+            component = load_component(snapshot)
+        except (OSError, ComponentError) as exc:
+            if snapshot is not None:
+                remove_snapshot(snapshot)
+            message = f"{failure}: {exc}"
+            log.error("Model model=%s FAILED: %s", self.name, message)
+            self._set_state(ModelState.FAILED, message)
+            return None
+        self.component = component
+        return snapshot, component
+
+    async def _copy_to_run(
+        self, snapshot: Path | None, component: ModelComponent
+    ) -> tuple[Path, ModelComponent] | None:
+        """The copy the next worker runs: taken now for the first worker,
+        kept for restarts, taken anew if it was removed under us (a tmp
+        cleaner ages long-lived files: the folder is then all there is)."""
+        if snapshot is None:
+            return await self._snapshot(
+                component.path, "cannot take the copy of the component it runs"
+            )
+        if (snapshot / MANIFEST_FILE).is_file():
+            return snapshot, component
+        log.warning(
+            "The copy of model=%s in %s is gone; copying %s again",
+            self.name, snapshot.parent, self.path,
+        )  # fmt: skip
+        remove_snapshot(snapshot)
+        return await self._snapshot(
+            self.path, "its copy was removed; copying it again failed"
+        )
 
     async def _run_worker(
         self, component: ModelComponent
@@ -276,19 +316,11 @@ class Model:
         seconds it served, and whether the crash was a SIGBUS, which a
         client causes by truncating a segment the worker reads.
         """
-        supervisor = self.supervisor
         self._incarnation += 1
-        worker = WorkerProcess(
-            self.name,
-            component.path,
-            cores=supervisor.cores.assign(
-                self.name, self.settings.cores or component.cores
-            ),
-            run_dir=supervisor.run_dir,
-            context=supervisor.zmq_context,
-            settings=supervisor.worker_settings(self.request_timeout_s),
-            incarnation=self._incarnation,
-        )
+        try:
+            worker = self._new_worker(component)
+        except WorkerStartError as exc:
+            return str(exc), 0.0, False
         self.worker = worker
         try:
             await worker.spawn()
@@ -334,6 +366,26 @@ class Model:
             finally:
                 self.worker = None
                 await worker.close()
+
+    def _new_worker(self, component: ModelComponent) -> WorkerProcess:
+        """The next incarnation's process object, its endpoint bound.
+
+        Raises WorkerStartError (not permanent) when the endpoint cannot be
+        bound, e.g. the run directory was removed or made read-only.
+        """
+        supervisor = self.supervisor
+        supervisor.run_dir.mkdir(mode=0o700, exist_ok=True)
+        return WorkerProcess(
+            self.name,
+            component.path,
+            cores=supervisor.cores.assign(
+                self.name, self.settings.cores or component.cores
+            ),
+            run_dir=supervisor.run_dir,
+            context=supervisor.zmq_context,
+            settings=supervisor.worker_settings(self.request_timeout_s),
+            incarnation=self._incarnation,
+        )
 
     def _check_pinning(self, worker: WorkerProcess) -> None:
         """Confirm every thread of the worker runs on its cores only."""
@@ -518,6 +570,8 @@ class Supervisor:
 
     async def shutdown(self, grace_s: float) -> None:
         await asyncio.gather(*(m.shutdown(grace_s) for m in self.models.values()))
-        self.zmq_context.term()
+        # destroy, not term: a socket left open by a failed start must not
+        # block the exit.
+        self.zmq_context.destroy(linger=0)
         # Sockets, and the snapshot of a lifecycle cancelled mid-copy.
         shutil.rmtree(self.run_dir, ignore_errors=True)

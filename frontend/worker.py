@@ -99,7 +99,15 @@ class WorkerProcess:
         # Admission bounds what is in flight; the HWM is never the limit.
         self.socket.setsockopt(zmq.SNDHWM, 0)
         self.socket.setsockopt(zmq.RCVHWM, 0)
-        self.socket.bind(self.endpoint)
+        try:
+            self.socket.bind(self.endpoint)
+        except zmq.ZMQError as exc:
+            # An open socket would hold the context's term() at shutdown.
+            self.socket.close(linger=0)
+            raise WorkerStartError(
+                f"cannot open the worker's endpoint {self.endpoint}: {exc}",
+                permanent=False,
+            ) from exc
         # Replies are read by a reader callback on the socket's descriptor,
         # not by zmq.asyncio's awaitables: one wake-up and no task switch
         # per message (measured about 30 to 60 us less per round trip).

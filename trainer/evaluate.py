@@ -319,7 +319,13 @@ class AgentScorer:
         offline = OfflineScorer(component, 1)
         for name, image in probes:
             here = offline.score(image).score
-            there = self.score(image).score
+            try:
+                there = self.score(image).score
+            except grpc.RpcError as exc:
+                raise EvaluationError(
+                    f"the agent at {self.address} failed on {name} before the "
+                    f"evaluation began: {exc.code().name}: {exc.details()}"
+                ) from exc
             if abs(here - there) > SAME_SCORE_TOLERANCE:
                 raise EvaluationError(
                     f"the agent's {self.model} scores {name} {there:.6f} but "

@@ -51,6 +51,9 @@ def test_a_bare_path_is_a_unix_socket() -> None:
     config = AgentConfig(socket="/run/a.sock")
     assert config.socket == "unix:///run/a.sock"
     assert config.socket_path == Path("/run/a.sock")
+    for directory in ("/", "unix:///", "/run/edge-agent/"):
+        with pytest.raises(ValueError, match="names a directory"):
+            AgentConfig(socket=directory)
 
 
 def serve(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:

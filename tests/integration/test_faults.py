@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -809,3 +810,29 @@ def test_a_restart_runs_the_files_the_model_started_with(tmp_path: Path) -> None
             pb2.DescribeModelRequest(model_component="red-mean"), timeout=10
         )
         assert "model.onnx" in described.model_description.status_message
+
+
+def test_a_removed_run_directory_does_not_stop_a_restart(tmp_path: Path) -> None:
+    """A tmp cleaner may age the run directory (snapshot and endpoints) of a
+    long-running agent: the next restart recreates both from the folder."""
+    models = tmp_path / "models"
+    write_component(models, "red-mean")
+    image = np.zeros((64, 64, 3), np.uint8)
+    image[..., 0] = 51
+    with agent_context(models, "--start", "red-mean") as agent:
+        agent.wait_status("red-mean", "RUNNING")
+        worker = agent.worker("red-mean")
+        run_dir = run_dir_of(worker)
+        shutil.rmtree(run_dir)
+        worker.kill()
+        worker.wait(10)
+        wait_until(lambda: agent.worker("red-mean").pid != worker.pid, 30, "restart")
+        agent.wait_status("red-mean", "RUNNING")
+        reply = agent.stub.DetectAnomalies(
+            inline_request("red-mean", image), timeout=30
+        )
+        assert reply.detect_anomaly_result.anomaly_score == pytest.approx(0.2, abs=1e-4)
+        assert "is gone; copying" in agent.log()
+        assert list(run_dir.glob("red-mean.start-*/red-mean/manifest.json"))
+        assert agent.terminate() == 0
+    assert not run_dir.exists()

@@ -19,9 +19,10 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 from PIL import Image
 
+from shared.component import load_component
 from tests.agent import agent_context
 from tests.model_factory import write_component
-from trainer.evaluate import PixelHistogram, main
+from trainer.evaluate import AgentScorer, EvaluationError, PixelHistogram, main
 from trainer.metrics import auroc
 
 SIDE = 64
@@ -434,3 +435,20 @@ def test_an_agent_running_older_files_is_refused(
         )  # fmt: skip
     assert "the agent runs other files than the folder holds now" in err
     assert "edge-agent stop red-map" in err
+
+
+def test_an_agent_failing_the_check_is_an_error_not_a_traceback(
+    models: Path, dataset: Path, tmp_path: Path
+) -> None:
+    component = load_component(models / "red-map")
+    with agent_context(models, "--start", "red-map") as agent:
+        agent.wait_status("red-map", "RUNNING")
+        scorer = AgentScorer(agent.address, "red-map", component)
+    # The agent is gone now: the check's first call fails with UNAVAILABLE.
+    try:
+        with pytest.raises(EvaluationError, match=r"failed on a probe .*: UNAVAILABLE"):
+            scorer.check_same_graph(
+                component, [("a probe", np.zeros((64, 64, 3), np.uint8))]
+            )
+    finally:
+        scorer.close()
