@@ -78,4 +78,5 @@ def add_edge_agent_service(servicer: Any, server: grpc.aio.Server) -> None:
     )
     # What the generated code does too: the registered path skips the
     # generic handlers' lookup per call (not in grpc's type stubs yet).
-    server.add_registered_method_handlers(SERVICE, handlers)  # type: ignore[attr-defined]
+    register = server.add_registered_method_handlers  # type: ignore[attr-defined]
+    register(SERVICE, handlers)

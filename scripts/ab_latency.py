@@ -39,6 +39,7 @@ from frontend._proto import edge_agent_pb2 as pb2  # noqa: E402
 from frontend._proto import edge_agent_pb2_grpc as pb2_grpc  # noqa: E402
 from frontend.client import MESSAGE_LIMIT, ClientSegment  # noqa: E402
 from scripts.bench import PinnedLimit, cpu_s, images, parse_size  # noqa: E402
+from scripts.measure_inline_transport import alternate  # noqa: E402
 from tests.model_factory import write_component  # noqa: E402
 
 MODEL = "red-mean"
@@ -144,23 +145,6 @@ def inline_call(stub: pb2_grpc.EdgeAgentStub, image: np.ndarray) -> Call:
     return call
 
 
-def alternate(paths: dict[str, Call], rounds: int) -> dict[str, list[float]]:
-    """Milliseconds per call of each path, the order reversed each round."""
-    for call in paths.values():
-        for _ in range(5):
-            call()
-    times: dict[str, list[float]] = {name: [] for name in paths}
-    for round_ in range(rounds):
-        order = list(paths.items())
-        if round_ % 2:
-            order.reverse()
-        for name, call in order:
-            begin = time.perf_counter()
-            call()
-            times[name].append((time.perf_counter() - begin) * 1000)
-    return times
-
-
 def cpu_ms_per_request(
     call: Call, processes: list[psutil.Process | None], requests: int
 ) -> list[float]:
@@ -194,7 +178,7 @@ def measure(
     owners["alt inline"] = [psutil.Process(alt.process.pid), None]
     small = image.nbytes < 4 << 20
     rounds = args.rounds if small else max(args.rounds // 5, 10)
-    times = alternate(paths, rounds)
+    times = alternate(paths, rounds, warm_up=5)
     medians = {p: statistics.median(v) for p, v in times.items()}
     height, width = image.shape[:2]
     print(f"\n== {width}x{height}: {rounds} rounds, median (p90) ms")

@@ -772,6 +772,15 @@ def test_abandoned_requests_still_count_against_the_backlog(
         )
 
 
+def kill_and_wait_for_restart(agent: Agent, model: str) -> None:
+    """SIGKILL the model's worker; return once a new one serves it."""
+    worker = agent.worker(model)
+    worker.kill()
+    worker.wait(10)
+    wait_until(lambda: agent.worker(model).pid != worker.pid, 30, "a new worker")
+    agent.wait_status(model, "RUNNING")
+
+
 def test_a_restart_runs_the_files_the_model_started_with(tmp_path: Path) -> None:
     """Files changed under a running model take effect at the next
     StartModel only: a crash restart loads the snapshot StartModel took."""
@@ -784,11 +793,7 @@ def test_a_restart_runs_the_files_the_model_started_with(tmp_path: Path) -> None
         agent.wait_status("red-mean", "RUNNING")
         # A retrain in progress, or an editor: the graph is junk for now.
         (models / "red-mean" / "model.onnx").write_bytes(b"not a graph")
-        worker = agent.worker("red-mean")
-        worker.kill()
-        worker.wait(10)
-        wait_until(lambda: agent.worker("red-mean").pid != worker.pid, 30, "restart")
-        agent.wait_status("red-mean", "RUNNING")
+        kill_and_wait_for_restart(agent, "red-mean")
         reply = agent.stub.DetectAnomalies(
             inline_request("red-mean", image), timeout=30
         )
@@ -821,13 +826,9 @@ def test_a_removed_run_directory_does_not_stop_a_restart(tmp_path: Path) -> None
     image[..., 0] = 51
     with agent_context(models, "--start", "red-mean") as agent:
         agent.wait_status("red-mean", "RUNNING")
-        worker = agent.worker("red-mean")
-        run_dir = run_dir_of(worker)
+        run_dir = run_dir_of(agent.worker("red-mean"))
         shutil.rmtree(run_dir)
-        worker.kill()
-        worker.wait(10)
-        wait_until(lambda: agent.worker("red-mean").pid != worker.pid, 30, "restart")
-        agent.wait_status("red-mean", "RUNNING")
+        kill_and_wait_for_restart(agent, "red-mean")
         reply = agent.stub.DetectAnomalies(
             inline_request("red-mean", image), timeout=30
         )
