@@ -25,6 +25,33 @@ SERVICE = "AWS.LookoutVision.EdgeAgent"
 log = logging.getLogger(__name__)
 
 Context = grpc.aio.ServicerContext[Any, Any]
+
+
+class Throttle:
+    """At most one log line per `interval_s` for a fault a client repeats at
+    will; the next line says how many were not logged meanwhile."""
+
+    def __init__(
+        self, interval_s: float, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self.interval_s = interval_s
+        self.clock = clock
+        self._next_s = float("-inf")
+        self._quiet = 0
+
+    def allow(self) -> int | None:
+        """The count of unlogged events before this one, or None: stay quiet."""
+        now = self.clock()
+        if now < self._next_s:
+            self._quiet += 1
+            return None
+        self._next_s = now + self.interval_s
+        quiet, self._quiet = self._quiet, 0
+        return quiet
+
+
+_undecodable = Throttle(60.0)
+
 Behaviour = Callable[[Any, Context], Awaitable[Message]]
 
 
@@ -36,7 +63,12 @@ def _decoding(
         try:
             request = request_type.FromString(raw)
         except DecodeError as exc:
-            log.warning("%s: a request of %d bytes did not decode", rpc, len(raw))
+            quiet = _undecodable.allow()
+            if quiet is not None:
+                log.warning(
+                    "%s: a request of %d bytes did not decode%s", rpc, len(raw),
+                    f" ({quiet} more since the last such line)" if quiet else "",
+                )  # fmt: skip
             metrics.observe_rpc(
                 rpc, "", grpc.StatusCode.INVALID_ARGUMENT, time.monotonic() - began_s
             )

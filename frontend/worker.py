@@ -261,6 +261,10 @@ class WorkerProcess:
         finally:
             self._loop.remove_reader(self._fd)
             self.socket.close(linger=0)
+            # ZeroMQ leaves a bound ipc endpoint's file behind; one per
+            # worker incarnation would pile up in the run directory.
+            with contextlib.suppress(OSError):
+                os.unlink(self.endpoint.removeprefix("ipc://"))
 
     def _drain(self) -> None:
         """Handle every message waiting on the socket.

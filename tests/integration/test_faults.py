@@ -800,8 +800,11 @@ def test_a_restart_runs_the_files_the_model_started_with(tmp_path: Path) -> None
         assert reply.detect_anomaly_result.anomaly_score == pytest.approx(
             expected, abs=1e-4
         )
-        snapshots = list(run_dir_of(agent.worker("red-mean")).glob("red-mean.*-*"))
+        run_dir = run_dir_of(agent.worker("red-mean"))
+        snapshots = list(run_dir.glob("red-mean.*-*"))
         assert len(snapshots) == 1
+        # The dead worker's endpoint went with it; only the live one is left.
+        assert [p.name for p in run_dir.glob("*.zmq")] == ["red-mean.2.zmq"]
         # StopModel drops the snapshot; StartModel reads the folder afresh.
         agent.stub.StopModel(
             pb2.StopModelRequest(model_component="red-mean"), timeout=30
