@@ -178,6 +178,21 @@ def agent_segments(pid: int) -> list[str]:
     return [n for n in os.listdir("/dev/shm") if n.startswith(f"edge-agent.{pid}.")]
 
 
+def edge_agent(
+    *args: str, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """Run ``python -m frontend ARGS`` (the ``edge-agent`` command) to its end."""
+    return subprocess.run(
+        [sys.executable, "-m", "frontend", *args],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+        cwd=ROOT,
+        env=env,
+    )
+
+
 def serves(cmdline: list[str], model: str) -> bool:
     """Whether a worker's command line names ``model`` (``--model NAME``)."""
     return any(a == "--model" and b == model for a, b in itertools.pairwise(cmdline))

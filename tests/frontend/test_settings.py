@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import grpc
@@ -11,7 +9,7 @@ import pytest
 
 from frontend.config import ModelSettings
 from frontend.settings import ConfigError, load, render
-from tests.agent import ROOT, agent_context
+from tests.agent import agent_context, edge_agent
 from tests.integration.test_rpcs import colored_image, inline_request
 
 
@@ -150,23 +148,9 @@ def test_render_says_where_model_values_came_from(tmp_path: Path) -> None:
     ]
 
 
-def cli(
-    *args: str, env: dict[str, str] | None = None
-) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "frontend", *args],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
-        cwd=ROOT,
-        env=env,
-    )
-
-
 def test_config_print_command(tmp_path: Path) -> None:
     path = write(tmp_path, "backlog = 4\n")
-    done = cli("config", "--print", "--config", str(path), "--grace-s", "3")
+    done = edge_agent("config", "--print", "--config", str(path), "--grace-s", "3")
     assert done.returncode == 0, done.stderr
     assert f"backlog = 4  # {path}" in done.stdout
     assert "grace_s = 3.0  # command line" in done.stdout
@@ -174,7 +158,9 @@ def test_config_print_command(tmp_path: Path) -> None:
 
 def test_serve_with_a_bad_file_exits_2(tmp_path: Path) -> None:
     path = write(tmp_path, "bakclog = 3\n")
-    done = cli("serve", "--config", str(path), "--socket", f"unix://{tmp_path}/s")
+    done = edge_agent(
+        "serve", "--config", str(path), "--socket", f"unix://{tmp_path}/s"
+    )
     assert done.returncode == 2
     assert "unknown key 'bakclog'" in done.stderr
 

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import socket
 import stat
-import subprocess
-import sys
 from pathlib import Path
 
 import grpc
@@ -13,7 +11,7 @@ import psutil
 
 from frontend._proto import edge_agent_pb2 as pb2
 from frontend._proto import edge_agent_pb2_grpc as pb2_grpc
-from tests.agent import ROOT, agent_context
+from tests.agent import agent_context, edge_agent
 
 
 def free_port() -> int:
@@ -46,17 +44,6 @@ def test_tcp_on_loopback_and_socket_mode(model_dir: Path) -> None:
 def test_default_socket_mode_is_0660(model_dir: Path) -> None:
     with agent_context(model_dir) as agent:
         assert stat.S_IMODE(agent.socket_path.stat().st_mode) == 0o660
-
-
-def edge_agent(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "frontend", *args],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
-        cwd=ROOT,
-    )
 
 
 def test_a_bare_socket_path_means_unix(model_dir: Path, tmp_path: Path) -> None:
