@@ -16,6 +16,7 @@ repository; only the table is written.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import statistics
 import sys
@@ -30,6 +31,7 @@ from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
 
 from shared.images import load_rgb  # noqa: E402
 from trainer.fit import (  # noqa: E402
@@ -56,6 +58,13 @@ class Candidate:
 
 CANDIDATES = (
     Candidate("lite0 gaussian 256 (default)", RECIPES["lite0", "gaussian"], (256, 256)),
+    Candidate(
+        "lite0 gaussian 256, strides 8+16, 100 dims (the previous default)",
+        dataclasses.replace(
+            RECIPES["lite0", "gaussian"], max_dims=100, strides=(8, 16)
+        ),
+        (256, 256),
+    ),
     Candidate(
         "lite0 gaussian 320 (--input-size 320x320)",
         RECIPES["lite0", "gaussian"],

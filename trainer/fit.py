@@ -227,10 +227,18 @@ class Recipe:
     # None: 1 + 1/held-out photos, wide for a few photos and close to 1 for
     # many, where the largest value is itself a high quantile of good parts.
     margin: float | None = CALIBRATION_MARGIN
+    # Pretrained backbones: the strides of the stages whose outputs are the
+    # patch features (see trainer.backbones).
+    strides: tuple[int, ...] = (8, 16, 32)
+    # gaussian only: the leading strides that feed a second, fine Gaussian
+    # (its own projection to `local_dims`); the pixel map becomes the
+    # geometric mean of both maps, the image score stays the full model's.
+    local_strides: tuple[int, ...] | None = None
+    local_dims: int = 100
 
 
 def _feature_graph(
-    backbone: str, input_size: tuple[int, int]
+    backbone: str, input_size: tuple[int, int], strides: tuple[int, ...] = (8, 16, 32)
 ) -> onnx.GraphProto | None:
     """The exported pretrained feature stage, or None for the fixed filters."""
     if backbone == "fixed":
@@ -246,17 +254,16 @@ def _feature_graph(
         ) from exc
     try:
         exported: onnx.GraphProto = backbones.export_features(
-            input_size, backbone=backbone
+            input_size, backbone=backbone, strides=strides
         )
     except backbones.BackboneUnavailableError as exc:
         raise TrainingError(str(exc)) from exc
     return exported
 
 
-def _taps(backbone: str) -> tuple[int, ...]:
-    taps: tuple[int, ...] = (
-        importlib.import_module("trainer.backbones").VARIANTS[backbone].taps
-    )
+def _taps(backbone: str, strides: tuple[int, ...]) -> tuple[int, ...]:
+    backbones = importlib.import_module("trainer.backbones")
+    taps: tuple[int, ...] = backbones.feature_spec(backbone, strides).taps
     return taps
 
 
@@ -325,7 +332,7 @@ def build_component(
     train = [loaded[i][1] for i in order[n_hold:]]
     say(f"split: {len(train)} for the memory bank, {n_hold} held out for calibration")
 
-    feature_graph = _feature_graph(backbone, input_size)
+    feature_graph = _feature_graph(backbone, input_size, recipe.strides)
     features = _session(graph.build_feature_model(input_size, seed, feature_graph))
     provisional = _fit_scoring(
         features=features,
@@ -368,7 +375,7 @@ def build_component(
         f"Fixed DCT/random filter bank at {graph.N_SCALES} scales"
         if backbone == "fixed"
         else f"ImageNet EfficientNet-{backbone.capitalize()} features (blocks "
-        f"{' and '.join(map(str, _taps(backbone)))})"
+        f"{' and '.join(map(str, _taps(backbone, recipe.strides)))})"
     )
     text = description or f"Trained on good photos from '{good_dir.name}'."
     refit = ""
@@ -378,6 +385,12 @@ def build_component(
             f"a Gaussian per feature cell (covariance per {scoring.block}x"
             f"{scoring.block} cells), Mahalanobis distance"
         )
+        if scoring.local is not None:
+            model_text += (
+                f"; the pixel map is its geometric mean with a second Gaussian "
+                f"on the first {scoring.local.channels} channels "
+                f"({scoring.local.proj_w.shape[0]} dims)"
+            )
     else:
         model_text = f"{len(scoring.bank)}-patch nearest-neighbour memory bank"
     text += (
@@ -444,8 +457,24 @@ def _fit_scoring(
             f"Gaussians: {grid[0]}x{grid[1]} cells of {projected.shape[-1]} dims, "
             f"covariance shared by {recipe.block}x{recipe.block} cells"
         )
+        local = None
+        if recipe.local_strides is not None:
+            channels = _local_channels(recipe)
+            fine = patches[:, :channels]
+            local_w, local_b = fit_projection(fine, min(recipe.local_dims, channels))
+            local_means, local_whiten = fit_gaussians(
+                (fine @ local_w.T + local_b).reshape(len(train), *grid, -1),
+                recipe.block,
+            )
+            local = graph.LocalGaussian(
+                channels, local_w, local_b, local_means, local_whiten
+            )
+            say(
+                f"fine Gaussians: the first {channels} channels, "
+                f"{local_w.shape[0]} dims"
+            )
         return graph.GaussianScoring(
-            weight, bias, means, whiten, recipe.block, 1.0, 1.0
+            weight, bias, means, whiten, recipe.block, 1.0, 1.0, local=local
         )
     if len(patches) > MAX_BANK_CANDIDATES:
         patches = patches[rng.choice(len(patches), MAX_BANK_CANDIDATES, replace=False)]
@@ -478,7 +507,28 @@ def _refit_gaussians(
         len(photos), *grid, -1
     )
     means, whiten = fit_gaussians(projected, recipe.block)
-    return dataclasses.replace(scoring, means=means, whiten=whiten)
+    local = scoring.local
+    if local is not None:
+        fine = patches[:, : local.channels] @ local.proj_w.T + local.proj_b
+        local_means, local_whiten = fit_gaussians(
+            fine.reshape(len(photos), *grid, -1), recipe.block
+        )
+        local = dataclasses.replace(local, means=local_means, whiten=local_whiten)
+    return dataclasses.replace(scoring, means=means, whiten=whiten, local=local)
+
+
+def _local_channels(recipe: Recipe) -> int:
+    """Feature channels of the recipe's `local_strides`, which must be its
+    leading strides (the features are concatenated fine to coarse)."""
+    local = tuple(sorted(set(recipe.local_strides or ())))
+    if not local or local != tuple(sorted(recipe.strides))[: len(local)]:
+        raise TrainingError(
+            f"local_strides {recipe.local_strides} must be the leading strides "
+            f"of {recipe.strides}"
+        )
+    backbones = importlib.import_module("trainer.backbones")
+    channels: int = backbones.feature_spec(recipe.backbone, local).dims
+    return channels
 
 
 def fit_gaussians(projected: np.ndarray, block: int) -> tuple[np.ndarray, np.ndarray]:
@@ -565,7 +615,13 @@ DEFAULT_METHOD = {**dict.fromkeys(PRETRAINED, "gaussian"), "fixed": "patchcore"}
 RECIPES = {
     **{
         (name, "gaussian"): Recipe(
-            name, "gaussian", max_dims=100, bank_size=0, block=2, margin=None
+            name,
+            "gaussian",
+            max_dims=200,
+            bank_size=0,
+            block=2,
+            margin=None,
+            local_strides=(8, 16),
         )
         for name in PRETRAINED
     },

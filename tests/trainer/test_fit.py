@@ -13,7 +13,7 @@ import onnxruntime as ort
 import pytest
 from PIL import Image
 
-from trainer import fit
+from trainer import fit, graph
 from trainer.cli import main
 from trainer.fit import TrainingError
 
@@ -247,3 +247,107 @@ def test_bundled_component_labels_samples() -> None:
         assert predicted.shape == truth.shape == image.shape[:2]
         iou = (predicted & truth).sum() / (predicted | truth).sum()
         assert iou > 0.1, (path.name, iou)
+
+
+def _smoothed(dist: np.ndarray) -> np.ndarray:
+    """The graph's 5x5 Gaussian smoothing with edge padding, in numpy."""
+    kernel = graph.gaussian_kernel(graph.SMOOTH_SIGMA)[0, 0]
+    padded = np.pad(dist, 2, mode="edge")
+    height, width = dist.shape
+    return np.array(
+        [
+            [float((padded[i : i + 5, j : j + 5] * kernel).sum()) for j in range(width)]
+            for i in range(height)
+        ]
+    )
+
+
+def _mahalanobis_map(
+    cells: np.ndarray,
+    *,
+    weight: np.ndarray,
+    bias: np.ndarray,
+    means: np.ndarray,
+    whiten: np.ndarray,
+    block: int,
+) -> np.ndarray:
+    """Per-cell distance ||(W f + b - mean)^T L_block||, cells [C, h, w]."""
+    _, height, width = cells.shape
+    z = np.einsum("dc,chw->dhw", weight, cells) + bias[:, None, None] - means
+    factors = whiten.astype(np.float16).astype(np.float64)
+    out = np.empty((height, width))
+    for i in range(height):
+        for j in range(width):
+            factor = factors[(i // block) * (width // block) + j // block]
+            out[i, j] = np.linalg.norm(z[:, i, j] @ factor)
+    return out
+
+
+def test_gaussian_graph_matches_numpy_with_a_fine_model() -> None:
+    """Image score: the full model's smoothed map maximum; pixel map: the
+    geometric mean of the full and the fine (leading channels) maps."""
+    size, block, seed = (32, 48), 2, 0
+    rng = np.random.default_rng(1)
+    image = rng.integers(0, 256, (40, 52, 3), dtype=np.uint8)
+    features = ort.InferenceSession(
+        graph.build_feature_model(size, seed).SerializeToString(),
+        providers=["CPUExecutionProvider"],
+    )
+    (cells,) = features.run(["features"], {"image": image})
+    channels = cells.shape[1]
+    grid = (size[1] // graph.GRID_STRIDE, size[0] // graph.GRID_STRIDE)
+    blocks = (grid[0] // block) * (grid[1] // block)
+
+    def random_model(dims: int, inputs: int) -> tuple[np.ndarray, ...]:
+        weight = rng.normal(0, 0.3, (dims, inputs))
+        bias = rng.normal(0, 0.1, dims)
+        means = rng.normal(0, 0.5, (dims, *grid)).astype(np.float32)
+        lower = np.tril(rng.normal(0, 0.2, (blocks, dims, dims)))
+        whiten = (lower + 2 * np.eye(dims)).astype(np.float32)
+        return weight, bias, means, whiten
+
+    main_w, main_b, main_means, main_whiten = random_model(6, channels)
+    fine_w, fine_b, fine_means, fine_whiten = random_model(4, 10)
+    scoring = graph.GaussianScoring(
+        main_w,
+        main_b,
+        main_means,
+        main_whiten,
+        block,
+        1.0,
+        1.0,
+        local=graph.LocalGaussian(10, fine_w, fine_b, fine_means, fine_whiten),
+    )
+    session = ort.InferenceSession(
+        graph.build_component_model(
+            size, seed, scoring, segmentation=True, raw_outputs=True
+        ).SerializeToString(),
+        providers=["CPUExecutionProvider"],
+    )
+    raw_score, raw_map = session.run(["raw_score", "raw_map"], {"image": image})
+
+    f = cells[0].astype(np.float64)
+    full = _smoothed(
+        _mahalanobis_map(
+            f,
+            weight=main_w,
+            bias=main_b,
+            means=main_means,
+            whiten=main_whiten,
+            block=block,
+        )
+    )
+    fine = _smoothed(
+        _mahalanobis_map(
+            f[:10],
+            weight=fine_w,
+            bias=fine_b,
+            means=fine_means,
+            whiten=fine_whiten,
+            block=block,
+        )
+    )
+    assert raw_score[0] == pytest.approx(full.max(), rel=1e-4)
+    np.testing.assert_allclose(raw_map[0, 0], np.sqrt(full * fine), rtol=1e-4)
+    # The maps differ, so the test tells which one each output uses.
+    assert not np.allclose(full, fine, rtol=0.05)

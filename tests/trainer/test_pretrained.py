@@ -65,7 +65,7 @@ def test_backbone_loads_strictly_and_is_deterministic(name: str) -> None:
     variant = backbones.VARIANTS[name]
     state = torch.load(backbones.weights_path(variant), weights_only=True)
     assert set(net.state_dict()) == set(state)
-    # The taps are the last blocks of the stride-8 and stride-16 stages.
+    # The taps are the last blocks of the stride-8, 16 and 32 stages.
     widths = [state[f"_blocks.{t}._project_conv.weight"].shape[0] for t in variant.taps]
     assert tuple(widths) == variant.channels
     spec = backbones.feature_spec(name)
@@ -79,6 +79,17 @@ def test_backbone_loads_strictly_and_is_deterministic(name: str) -> None:
     assert first.shape == (1, spec.dims, 8, 12)
     assert torch.equal(first, second)
     assert bool(torch.isfinite(first).all()) and float(first.abs().max()) > 0
+
+
+def test_feature_strides_choose_the_taps() -> None:
+    spec = backbones.feature_spec("lite0")
+    assert (spec.taps, spec.channels, spec.dims) == ((4, 10, 14), (40, 112, 192), 344)
+    earlier = backbones.feature_spec("lite0", (16, 8))
+    assert (earlier.taps, earlier.dims) == ((4, 10), 152)
+    assert backbones.feature_spec("lite2", (32,)).channels == (208,)
+    for bad in ((), (8, 64)):
+        with pytest.raises(ValueError, match="use some of 4, 8, 16, 32"):
+            backbones.feature_spec("lite0", bad)
 
 
 def test_component_runs_at_two_input_sizes(component: Path) -> None:
