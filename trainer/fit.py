@@ -220,8 +220,10 @@ class Recipe:
     method: str
     max_dims: int
     bank_size: int
-    # Cells per side that share one covariance (gaussian only): 4x the
-    # samples per estimate and 1/4 of the file, at no measured loss.
+    # Cells per side that share one covariance (gaussian only): more samples
+    # per estimate, a smaller file and a faster graph. At 200 dims the
+    # whitening MatMul took 0.56 ms with 4x4 blocks against 3.0 ms with
+    # 2x2, whose 41 MB of factors do not stay in cache.
     block: int = 1
     # Threshold = margin x the largest held-out good value (no --defects);
     # None: 1 + 1/held-out photos, wide for a few photos and close to 1 for
@@ -619,7 +621,7 @@ RECIPES = {
             "gaussian",
             max_dims=200,
             bank_size=0,
-            block=2,
+            block=4,
             margin=None,
             local_strides=(8, 16),
         )

@@ -337,22 +337,12 @@ def build_component_model(
     """
     b = _Builder()
     feats = _stage(b, input_size, seed, backbone)
-    z = b.op(
-        "Conv",
-        [
-            feats,
-            b.const("proj_w", scoring.proj_w[:, :, None, None].astype(np.float32)),
-            b.const("proj_b", scoring.proj_b.astype(np.float32)),
-        ],
-    )
     grid_h, grid_w = input_size[1] // GRID_STRIDE, input_size[0] // GRID_STRIDE
-    d = scoring.proj_w.shape[0]
-    # Patches go in rows so that reductions run along the contiguous last
-    # axis: ReduceMin over the channel axis of a conv output was measured
-    # ~10x slower.
-    rows = b.op(
-        "Transpose", [b.op("Reshape", [z, b.ints("shape", [d, -1])])], perm=[1, 0]
-    )
+    # Features as [D, cells] (a free reshape of NCHW); patches go in rows
+    # so that reductions run along the contiguous last axis (ReduceMin
+    # over the channel axis of a conv output was measured ~10x slower).
+    columns = b.op("Reshape", [feats, b.ints("shape", [-1, grid_h * grid_w])])
+    rows = _project_rows(b, columns, scoring.proj_w, scoring.proj_b, "proj")
     if isinstance(scoring, GaussianScoring):
         dist = _mahalanobis(
             b,
@@ -372,26 +362,13 @@ def build_component_model(
         fine = b.op(
             "Slice",
             [
-                feats,
+                columns,
                 b.ints("start", [0]),
                 b.ints("end", [local.channels]),
-                b.ints("axes", [1]),
+                b.ints("axes", [0]),
             ],
         )
-        z_fine = b.op(
-            "Conv",
-            [
-                fine,
-                b.const("local_w", local.proj_w[:, :, None, None].astype(np.float32)),
-                b.const("local_b", local.proj_b.astype(np.float32)),
-            ],
-        )
-        d_fine = local.proj_w.shape[0]
-        fine_rows = b.op(
-            "Transpose",
-            [b.op("Reshape", [z_fine, b.ints("shape", [d_fine, -1])])],
-            perm=[1, 0],
-        )
+        fine_rows = _project_rows(b, fine, local.proj_w, local.proj_b, "local")
         fine_map = _smooth(
             b,
             _mahalanobis(
@@ -427,6 +404,23 @@ def build_component_model(
             ),
         ]
     return _finish(b, outputs, "edge_agent_component")
+
+
+def _project_rows(
+    b: _Builder, columns: str, weight: np.ndarray, bias: np.ndarray, stem: str
+) -> str:
+    """Projected cells [cells, d] from features [D, cells]: one Gemm with
+    the transpose folded in (a Conv then a Transpose cost 0.9 ms more at
+    200 dims)."""
+    return b.op(
+        "Gemm",
+        [
+            columns,
+            b.const(f"{stem}_wt", np.ascontiguousarray(weight.T, dtype=np.float32)),
+            b.const(f"{stem}_b", bias.astype(np.float32)),
+        ],
+        transA=1,
+    )
 
 
 def _smooth(b: _Builder, dist: str) -> str:
