@@ -315,8 +315,10 @@ def build_component(
     cell = graph.GRID_STRIDE * recipe.block
     if any(side % cell for side in input_size):
         raise TrainingError(
-            f"input_size {input_size} is invalid for the {backbone} backbone; "
-            f"width and height must be multiples of {cell}"
+            f"input_size {input_size} is invalid for the {backbone} "
+            f"{recipe.method} recipe; width and height must be multiples of "
+            f"{cell} (covariance blocks of {recipe.block}x{recipe.block} cells "
+            f"of {graph.GRID_STRIDE} pixels)"
         )
     if (out_dir / name).exists() and not overwrite:
         raise TrainingError(

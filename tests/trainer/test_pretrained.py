@@ -264,3 +264,9 @@ def test_larger_backbones_train_and_flag_a_defect(tmp_path: Path, name: str) -> 
     clean_score = session.run(["score"], {"image": clean})[0][0]
     spoiled_score = session.run(["score"], {"image": spoiled})[0][0]
     assert clean_score < 0.5 <= spoiled_score
+
+
+def test_gaussian_working_size_fits_the_covariance_blocks(tmp_path: Path) -> None:
+    good = _write_good(tmp_path / "good", count=2)
+    with pytest.raises(TrainingError, match=r"multiples of 32 \(covariance blocks"):
+        build_component(good, tmp_path / "m", name="x", input_size=(80, 64))
