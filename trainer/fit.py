@@ -55,6 +55,9 @@ LABEL_COLORS = (
 PRETRAINED = ("lite0", "lite1", "lite2")
 BACKBONES = (*PRETRAINED, "fixed")
 KINDS = ("classification", "segmentation")
+# Pretrained features: the ends of the stride-8, 16 and 32 stages (the
+# same default as trainer.backbones, which needs torch to import).
+DEFAULT_STRIDES = (8, 16, 32)
 _VERSION_RE = re.compile(r"^\d+\.\d+\.\d+$")
 
 Progress = Callable[[str], None]
@@ -231,7 +234,7 @@ class Recipe:
     margin: float | None = CALIBRATION_MARGIN
     # Pretrained backbones: the strides of the stages whose outputs are the
     # patch features (see trainer.backbones).
-    strides: tuple[int, ...] = (8, 16, 32)
+    strides: tuple[int, ...] = DEFAULT_STRIDES
     # gaussian only: the leading strides that feed a second, fine Gaussian
     # (its own projection to `local_dims`); the pixel map becomes the
     # geometric mean of both maps, the image score stays the full model's.
@@ -240,7 +243,9 @@ class Recipe:
 
 
 def _feature_graph(
-    backbone: str, input_size: tuple[int, int], strides: tuple[int, ...] = (8, 16, 32)
+    backbone: str,
+    input_size: tuple[int, int],
+    strides: tuple[int, ...] = DEFAULT_STRIDES,
 ) -> onnx.GraphProto | None:
     """The exported pretrained feature stage, or None for the fixed filters."""
     if backbone == "fixed":
@@ -379,7 +384,7 @@ def build_component(
         f"Fixed DCT/random filter bank at {graph.N_SCALES} scales"
         if backbone == "fixed"
         else f"ImageNet EfficientNet-{backbone.capitalize()} features (blocks "
-        f"{' and '.join(map(str, _taps(backbone, recipe.strides)))})"
+        f"{', '.join(map(str, _taps(backbone, recipe.strides)))})"
     )
     text = description or f"Trained on good photos from '{good_dir.name}'."
     refit = ""
