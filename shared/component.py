@@ -28,6 +28,8 @@ _COLOR_RE = re.compile(r"^#[0-9A-F]{6}$")
 
 # Masks carry one byte of label index per pixel, index 0 being background.
 MAX_LABELS = 255
+# Largest working width or height a manifest may ask for.
+MAX_INPUT_SIDE = 4096
 
 
 class ComponentError(ValueError):
@@ -174,10 +176,11 @@ def parse_manifest(data: Any, path: Path) -> ModelComponent:
     if (
         len(size) != 2
         or not all(isinstance(v, int) and not isinstance(v, bool) for v in size)
-        or not all(1 <= v <= 4096 for v in size)
+        or not all(1 <= v <= MAX_INPUT_SIDE for v in size)
     ):
         raise ComponentError(
-            f"{MANIFEST_FILE}: input_size must be [width, height], 1..4096 each"
+            f"{MANIFEST_FILE}: input_size must be [width, height], "
+            f"1..{MAX_INPUT_SIDE} each"
         )
     cores = _require(data, "cores", int)
     if cores < 1:

@@ -64,9 +64,9 @@ def _parser() -> argparse.ArgumentParser:
         type=_size,
         default=(256, 256),
         metavar="WxH",
-        help="working size the graph resizes to (default 256x256); sides are "
-        "multiples of 32 for a pretrained backbone's gaussian method, 16 for "
-        "fixed's, 8 for patchcore",
+        help="working size the graph resizes to (default 256x256); sides "
+        "from 64 to 4096, multiples of 32 for a pretrained backbone's "
+        "gaussian method, 16 for fixed's, 8 for patchcore",
     )
     return parser
 

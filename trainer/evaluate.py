@@ -21,6 +21,7 @@ import argparse
 import contextlib
 import csv
 import json
+import shutil
 import sys
 import time
 from collections.abc import Iterable, Sequence
@@ -113,6 +114,11 @@ def _truth_path(data_dir: Path, kind: str, photo: Path) -> Path:
 def find_samples(data_dir: Path) -> list[Sample]:
     """The test photos of an MVTec-layout folder, good ones first."""
     test_dir = data_dir / "test"
+    if not data_dir.is_dir():
+        raise EvaluationError(
+            f"{data_dir} is not a folder; pass an MVTec-layout folder with "
+            "test/good/, test/<kind>/ and ground_truth/<kind>/"
+        )
     if not test_dir.is_dir():
         raise EvaluationError(
             f"{test_dir} is not a folder: DATA_DIR must hold test/good/ and "
@@ -985,6 +991,10 @@ def run(args: argparse.Namespace, out: TextIO, err: TextIO) -> dict[str, Any]:
     report = args.out
     try:
         report.mkdir(parents=True, exist_ok=True)
+        # Overlays of an earlier run (other kinds, other photos) would sit
+        # among this run's as if they were its own.
+        if (report / "overlays").is_dir():
+            shutil.rmtree(report / "overlays")
     except OSError as exc:
         raise EvaluationError(f"cannot create the report folder: {exc}") from exc
 

@@ -26,14 +26,18 @@ import onnx
 import onnxruntime as ort
 from PIL import Image
 
-from shared.component import check_component_name
+from shared.component import MAX_INPUT_SIDE, check_component_name
 from shared.images import ImageError, load_rgb
 from trainer import graph
 
 FORMAT_VERSION = 1
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg"})
 MIN_SIDE = 64
+MAX_SIDE = MAX_INPUT_SIDE
 HOLDOUT_FRACTION = 0.2
+# Fewer held-out photos than this get a warning: their maximum is a poor
+# estimate of a high quantile of good parts.
+FEW_HELD_OUT = 10
 # The threshold sits this far above the worst held-out good score, so that
 # good photos a little unlike the hold-out still pass.
 CALIBRATION_MARGIN = 1.5
@@ -192,9 +196,7 @@ def greedy_coreset(
     return chosen
 
 
-def _check_args(
-    name: str, kind: str, version: str, cores: int, input_size: tuple[int, int]
-) -> None:
+def _check_args(name: str, kind: str, version: str, cores: int) -> None:
     problem = check_component_name(name)
     if problem is not None:
         raise TrainingError(problem.replace("model_component", "component name"))
@@ -204,12 +206,24 @@ def _check_args(
         raise TrainingError(f"version {version!r} is invalid; use MAJOR.MINOR.PATCH")
     if cores < 1:
         raise TrainingError(f"cores must be at least 1, got {cores}")
+
+
+def _check_size(input_size: tuple[int, int], recipe: Recipe) -> None:
+    """Sides from MIN_SIDE to MAX_SIDE, in whole covariance blocks."""
+    cell = graph.GRID_STRIDE * recipe.block
     if len(input_size) != 2 or any(
-        side < MIN_SIDE or side % graph.GRID_STRIDE for side in input_size
+        side < MIN_SIDE or side > MAX_SIDE or side % cell for side in input_size
     ):
+        blocks = (
+            f" (covariance blocks of {recipe.block}x{recipe.block} cells of "
+            f"{graph.GRID_STRIDE} pixels)"
+            if recipe.block > 1
+            else f" ({graph.GRID_STRIDE}-pixel feature cells)"
+        )
         raise TrainingError(
-            f"input_size {tuple(input_size)} is invalid; width and height must be "
-            f"multiples of {graph.GRID_STRIDE} and at least {MIN_SIDE}"
+            f"input_size {tuple(input_size)} is invalid for the {recipe.backbone} "
+            f"{recipe.method} recipe; width and height must be multiples of "
+            f"{cell}{blocks}, from {max(MIN_SIDE, cell)} to {MAX_SIDE // cell * cell}"
         )
 
 
@@ -313,18 +327,11 @@ def build_component(
     bar = _bar if progress is not None else _no_bar
     good_dir, out_dir = Path(good_dir), Path(out_dir)
     input_size = (int(input_size[0]), int(input_size[1]))
-    _check_args(name, kind, version, cores, input_size)
+    _check_args(name, kind, version, cores)
     if recipe is None:
         recipe = _recipe(backbone, method, bank_size)
     backbone = recipe.backbone
-    cell = graph.GRID_STRIDE * recipe.block
-    if any(side % cell for side in input_size):
-        raise TrainingError(
-            f"input_size {input_size} is invalid for the {backbone} "
-            f"{recipe.method} recipe; width and height must be multiples of "
-            f"{cell} (covariance blocks of {recipe.block}x{recipe.block} cells "
-            f"of {graph.GRID_STRIDE} pixels)"
-        )
+    _check_size(input_size, recipe)
     if (out_dir / name).exists() and not overwrite:
         raise TrainingError(
             f"{out_dir / name} exists already; pick another name, or replace it "
@@ -340,6 +347,13 @@ def build_component(
     held = [loaded[i][1] for i in order[:n_hold]]
     train = [loaded[i][1] for i in order[n_hold:]]
     say(f"split: {len(train)} for the memory bank, {n_hold} held out for calibration")
+    if n_hold < FEW_HELD_OUT and not defects:
+        say(
+            f"warning: only {n_hold} good photo(s) held out to set the threshold, "
+            f"so it will be loose and defects may pass; give at least "
+            f"{round(FEW_HELD_OUT / HOLDOUT_FRACTION)} good photos, or calibrate "
+            "on real defects with --defects"
+        )
 
     feature_graph = _feature_graph(backbone, input_size, recipe.strides)
     features = _session(graph.build_feature_model(input_size, seed, feature_graph))
@@ -679,6 +693,12 @@ def _load_checked(path: Path) -> np.ndarray:
     return rgb
 
 
+_EMPTY_MASKS = (
+    "the masks of defect kind(s) {} are empty; each defective photo needs a "
+    "mask with the defect in white"
+)
+
+
 def load_defects(root: Path) -> list[Defect]:
     """Defective photos of an MVTec-layout folder: `test/<kind>/*` with masks
     in `ground_truth/<kind>/<stem>.png` or `<stem>_mask.png`."""
@@ -711,12 +731,23 @@ def load_defects(root: Path) -> list[Defect]:
                     f"no mask for {path}; expected {candidates[0]} or {candidates[1]}"
                 )
             with Image.open(found) as img:
-                mask = np.asarray(img.convert("L").resize(image.shape[1::-1])) > 127
+                if img.size != image.shape[1::-1]:
+                    raise TrainingError(
+                        f"mask {found} is {img.size[0]}x{img.size[1]} but photo "
+                        f"{path} is {image.shape[1]}x{image.shape[0]}; a mask "
+                        "must have its photo's size"
+                    )
+                mask = np.asarray(img.convert("L")) > 127
             defects.append(Defect(kind, path, image, mask))
     if not defects:
         raise TrainingError(
             f"no defective photos under {test}/<kind>/; add at least one kind"
         )
+    blank = sorted(
+        {d.kind for d in defects} - {d.kind for d in defects if d.mask.any()}
+    )
+    if blank:
+        raise TrainingError(_EMPTY_MASKS.format(", ".join(blank)))
     return defects
 
 
@@ -800,10 +831,7 @@ def defect_prototypes(
     kinds = sorted({d.kind for d in defects})
     missing = [k for k in kinds if k not in counts]
     if missing:
-        raise TrainingError(
-            f"the masks of defect kind(s) {', '.join(missing)} are empty; each "
-            "defective photo needs a mask with the defect in white"
-        )
+        raise TrainingError(_EMPTY_MASKS.format(", ".join(missing)))
     return np.stack([sums[k] / counts[k] for k in kinds]).astype(np.float32)
 
 

@@ -385,7 +385,11 @@ def test_errors(
     red = models / "red-map"
     out = tmp_path / "report"
 
-    assert "is not a folder" in _error(capsys, red, tmp_path / "nothing", "--out", out)
+    missing = _error(capsys, red, tmp_path / "nothing", "--out", out)
+    assert f"{tmp_path / 'nothing'} is not a folder; pass an MVTec-layout" in missing
+    (tmp_path / "no-test").mkdir()
+    no_test = _error(capsys, red, tmp_path / "no-test", "--out", out)
+    assert f"{tmp_path / 'no-test' / 'test'} is not a folder" in no_test
     (tmp_path / "empty" / "test" / "good").mkdir(parents=True)
     assert "holds no photos" in _error(capsys, red, tmp_path / "empty", "--out", out)
 
@@ -452,3 +456,15 @@ def test_an_agent_failing_the_check_is_an_error_not_a_traceback(
             )
     finally:
         scorer.close()
+
+
+def test_a_rerun_replaces_the_overlays(
+    models: Path, dataset: Path, tmp_path: Path
+) -> None:
+    stale = tmp_path / "overlays" / "old-kind" / "old.png"
+    stale.parent.mkdir(parents=True)
+    stale.write_bytes(b"from an earlier run")
+    _run(models / "red-map", dataset, tmp_path)
+    assert not stale.parent.exists()
+    kinds = sorted(p.name for p in (tmp_path / "overlays").iterdir())
+    assert kinds == sorted(p.name for p in (dataset / "test").iterdir())

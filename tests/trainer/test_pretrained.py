@@ -184,6 +184,20 @@ def test_defects_folder_errors(tmp_path: Path) -> None:
         build_component(
             good, tmp_path / "m", name="x", input_size=SIZE, defects_dir=defects
         )
+    masks = defects / "ground_truth" / "dark"
+    Image.fromarray(np.full((10, 10), 255, np.uint8)).save(masks / "001.png")
+    with pytest.raises(
+        TrainingError, match=r"001\.png is 10x10 but photo .* is 96x96; a mask must"
+    ):
+        build_component(
+            good, tmp_path / "m", name="x", input_size=SIZE, defects_dir=defects
+        )
+    for i in range(3):
+        Image.fromarray(np.zeros((96, 96), np.uint8)).save(masks / f"{i:03d}.png")
+    with pytest.raises(TrainingError, match=r"kind\(s\) dark are empty"):
+        build_component(
+            good, tmp_path / "m", name="x", input_size=SIZE, defects_dir=defects
+        )
 
 
 def test_empty_and_small_folders_are_errors(tmp_path: Path) -> None:
