@@ -8,6 +8,7 @@ code means training features and deployed features cannot drift apart.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -273,6 +274,18 @@ def _pretrained_features(
         return f"bb/{name}"
 
     for init in backbone.initializer:
+        if init.data_type == TensorProto.FLOAT and _numel(init) >= _HALF_MIN_SIZE:
+            # Weights stored as float16 halve the backbone's share of the
+            # file; ORT folds the Cast at load, so inference runs in float32
+            # on exactly the weights the trainer's features came from.
+            half = numpy_helper.to_array(init).astype(np.float16)
+            b.op(
+                "Cast",
+                [b.const("bb_half", half)],
+                out=rename(init.name),
+                to=TensorProto.FLOAT,
+            )
+            continue
         tensor = onnx.TensorProto()
         tensor.CopyFrom(init)
         tensor.name = rename(init.name)
@@ -285,6 +298,14 @@ def _pretrained_features(
         spliced.output[:] = [rename(n) for n in node.output]
         b.nodes.append(spliced)
     return feats
+
+
+# Backbone tensors of at least this many values are stored as float16.
+_HALF_MIN_SIZE = 1024
+
+
+def _numel(tensor: onnx.TensorProto) -> int:
+    return math.prod(tensor.dims)
 
 
 def _stage(
