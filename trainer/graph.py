@@ -378,8 +378,10 @@ def build_component_model(
         dist = b.op("Reshape", [dist_rows, b.ints("shape", [1, 1, grid_h, grid_w])])
     score_map = _smooth(b, dist)
     raw_map = score_map
-    if isinstance(scoring, GaussianScoring) and scoring.local is not None:
-        local = scoring.local
+    gaussian = scoring if isinstance(scoring, GaussianScoring) else None
+    local = gaussian.local if gaussian is not None else None
+    # The fine model only shapes the pixel map: a classifier skips it.
+    if gaussian is not None and local is not None and (segmentation or raw_outputs):
         fine = b.op(
             "Slice",
             [
@@ -398,7 +400,7 @@ def build_component_model(
                 (grid_h, grid_w),
                 means=local.means,
                 whiten=local.whiten,
-                k=scoring.block,
+                k=gaussian.block,
             ),
         )
         raw_map = b.op("Sqrt", [b.op("Mul", [score_map, fine_map])])

@@ -355,3 +355,12 @@ def test_gaussian_graph_matches_numpy_with_a_fine_model() -> None:
     np.testing.assert_allclose(raw_map[0, 0], np.sqrt(full * fine), rtol=1e-4)
     # The maps differ, so the test tells which one each output uses.
     assert not np.allclose(full, fine, rtol=0.05)
+
+    # A classifier has no pixel map, so its graph leaves the fine model out.
+    classifier = graph.build_component_model(size, seed, scoring, segmentation=False)
+    names = {init.name.rsplit("_", 1)[0] for init in classifier.graph.initializer}
+    assert "proj_wt" in names and "local_wt" not in names
+    (score,) = ort.InferenceSession(
+        classifier.SerializeToString(), providers=["CPUExecutionProvider"]
+    ).run(["score"], {"image": image})
+    assert score[0] == pytest.approx(full.max() / (full.max() + 1.0), rel=1e-4)
