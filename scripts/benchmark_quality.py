@@ -34,7 +34,6 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-
 from shared.images import load_rgb  # noqa: E402
 from trainer.fit import (  # noqa: E402
     IMAGE_SUFFIXES,

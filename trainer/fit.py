@@ -145,12 +145,22 @@ def extract_patches(
     images: Sequence[np.ndarray],
     bar: Bar = _no_bar,
 ) -> np.ndarray:
-    """Run the feature graph; returns patch features [n_images * cells, D]."""
-    rows = []
-    for image in bar("features", images):
+    """Run the feature graph; returns patch features [n_images * cells, D]
+    as the graph's float32 (sums over them are taken in float64)."""
+    rows: np.ndarray | None = None
+    for i, image in enumerate(bar("features", images)):
         (feats,) = session.run(["features"], {"image": image})
-        rows.append(feats[0].reshape(feats.shape[1], -1).T)
-    return np.concatenate(rows).astype(np.float64)
+        cells = feats[0].reshape(feats.shape[1], -1).T
+        if rows is None:
+            # Filled in place: a list of per-photo arrays joined at the end
+            # would hold every feature twice at the peak.
+            rows = np.empty((len(images) * len(cells), cells.shape[1]), np.float32)
+        rows[i * len(cells) : (i + 1) * len(cells)] = cells
+    assert rows is not None, "extract_patches needs at least one image"
+    return rows
+
+
+_GRAM_CHUNK = 65_536
 
 
 def fit_projection(patches: np.ndarray, max_dims: int) -> tuple[np.ndarray, np.ndarray]:
@@ -158,12 +168,18 @@ def fit_projection(patches: np.ndarray, max_dims: int) -> tuple[np.ndarray, np.n
 
     Returns (weight [d, D], bias [d]) so that z = weight @ f + bias.
     """
-    mean = patches.mean(axis=0)
-    std = patches.std(axis=0)
+    mean = patches.mean(axis=0, dtype=np.float64)
+    # The centred Gram matrix in float64, a chunk of rows at a time: a full
+    # float64 copy of the patches would be 0.8 GB per 287 photos at 344
+    # channels.
+    gram = np.zeros((patches.shape[1], patches.shape[1]))
+    for start in range(0, len(patches), _GRAM_CHUNK):
+        centred = patches[start : start + _GRAM_CHUNK].astype(np.float64) - mean
+        gram += centred.T @ centred
+    std = np.sqrt(np.diag(gram) / len(patches))
     # Channels that never vary (e.g. colour on grey parts) would divide by ~0.
     std = np.where(std > 1e-6, std, 1.0)
-    standard = (patches - mean) / std
-    cov = standard.T @ standard / len(standard)
+    cov = gram / np.outer(std, std) / len(patches)
     eigvals, eigvecs = np.linalg.eigh(cov)
     order = np.argsort(eigvals)[::-1][:max_dims]
     axes = eigvecs[:, order].T
@@ -566,11 +582,16 @@ def fit_gaussians(projected: np.ndarray, block: int) -> tuple[np.ndarray, np.nda
     means = projected.mean(axis=0)
     centred = projected - means
     k = block
-    grouped = centred.reshape(n, h // k, k, w // k, k, d).transpose(1, 3, 0, 2, 4, 5)
-    grouped = grouped.reshape((h // k) * (w // k), n * k * k, d)
-    cov = np.einsum("bnd,bne->bde", grouped, grouped) / max(1, n * k * k - 1)
+    samples = n * k * k
+    # One block's samples at a time (a BLAS product each), so no regrouped
+    # copy of every centred feature is made.
+    cov = np.empty(((h // k) * (w // k), d, d))
+    for index, (row, col) in enumerate(np.ndindex(h // k, w // k)):
+        cells = centred[:, row * k : (row + 1) * k, col * k : (col + 1) * k]
+        cells = cells.reshape(samples, d)
+        cov[index] = cells.T @ cells / max(1, samples - 1)
     scale = np.trace(cov.mean(axis=0)) / d
-    shrink = GAUSSIAN_SHRINK + d / grouped.shape[1]
+    shrink = GAUSSIAN_SHRINK + d / samples
     cov += (shrink * max(scale, _MIN_THRESHOLD)) * np.eye(d)
     whiten = np.linalg.cholesky(np.linalg.inv(cov))
     return means.transpose(2, 0, 1).astype(np.float32), whiten.astype(np.float32)

@@ -274,7 +274,10 @@ def _pretrained_features(
         return f"bb/{name}"
 
     for init in backbone.initializer:
-        if init.data_type == TensorProto.FLOAT and _numel(init) >= _HALF_MIN_SIZE:
+        if (
+            init.data_type == TensorProto.FLOAT
+            and math.prod(init.dims) >= _HALF_MIN_SIZE
+        ):
             # Weights stored as float16 halve the backbone's share of the
             # file; ORT folds the Cast at load, so inference runs in float32
             # on exactly the weights the trainer's features came from.
@@ -302,10 +305,6 @@ def _pretrained_features(
 
 # Backbone tensors of at least this many values are stored as float16.
 _HALF_MIN_SIZE = 1024
-
-
-def _numel(tensor: onnx.TensorProto) -> int:
-    return math.prod(tensor.dims)
 
 
 def _stage(
