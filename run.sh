@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # edge-agent's one entry point for people and CI.
-#   ./run.sh            create .venv if missing, install, serve the bundled model
+#   ./run.sh            create .venv if missing, install, serve the bundled
+#                       machined-flange model (brick-texture is there, stopped)
 #   ./run.sh test       install test tools, then lint, type-check and test
 #   ./run.sh proto      regenerate frontend/_proto from proto/edge-agent.proto
-#   ./run.sh bundle     rebuild models/brick-texture and samples/
+#   ./run.sh bundle     rebuild both bundled components and their samples
+#                       (--only NAME for one; a couple of minutes on 2 cores)
 #   ./run.sh bench      measure the agent against the alternatives (--quick)
 # Anything after "./run.sh serve" goes to "edge-agent serve".
 set -euo pipefail
@@ -34,8 +36,9 @@ cmd=${1:-serve}
 case "$cmd" in
   serve)
     ensure_venv base
-    # The bundled model directory and model, unless a model directory is given.
-    defaults=(--model-dir "$root/models" --start brick-texture)
+    # The bundled model directory and its aligned-part model, unless a model
+    # directory is given. One running model lets "edge-agent detect" omit --model.
+    defaults=(--model-dir "$root/models" --start machined-flange)
     for arg in "$@"; do
       case "$arg" in --model-dir|--model-dir=*) defaults=() ;; esac
     done
