@@ -329,7 +329,7 @@ def document(results: dict[str, Any]) -> list[str]:
         "",
         "Images: `samples/good/good_1.png` resized to each size. `red-mean` "
         "(`tests/model_factory.py`) costs almost nothing, so its rows show "
-        "the serving cost; `brick-texture` is the bundled segmentation model. "
+        "the serving cost; `brick-texture` is the bundled texture model. "
         "A sync gRPC client in the benchmark's process, one channel per "
         "server. Latency: all four paths interleaved request by request (the "
         "order reversed each round), "

@@ -186,7 +186,7 @@ def header(repeats: int) -> list[str]:
         f"{repeats} times, alternating with the others (order reversed every",
         "round); medians and 90th percentiles in ms. The client's write of the",
         "frame into its segment is counted. Each model runs on one pinned core.",
-        "`brick-texture` is the bundled segmentation model (its 6 MB mask comes",
+        "`brick-texture` is the bundled texture model (its 6 MB mask comes",
         "back inline); `red-mean` is a test model from `tests/model_factory.py`",
         "that costs almost nothing, so its rows show what serving itself costs.",
         "",
