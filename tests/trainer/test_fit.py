@@ -364,3 +364,70 @@ def test_gaussian_graph_matches_numpy_with_a_fine_model() -> None:
         classifier.SerializeToString(), providers=["CPUExecutionProvider"]
     ).run(["score"], {"image": image})
     assert score[0] == pytest.approx(full.max() / (full.max() + 1.0), rel=1e-4)
+
+
+def test_outlying_marks_scores_above_the_log_fence() -> None:
+    # Log scores spread evenly over 3 +- 0.15: quartiles 3 -+ 0.075, so the
+    # fence is at 3 + 0.075 + 1.5 x 0.15 = 3.3 (a score of 27.1).
+    scores = list(np.exp(np.linspace(2.85, 3.15, 70)))
+    bulk_max = max(scores)
+    # Far above the bulk: both are marked.
+    far = fit.outlying([*scores, 48.0, 2.5 * bulk_max])
+    assert far.tolist() == [False] * 70 + [True, True]
+    # A score just above the bulk's largest is inside the fence.
+    assert not fit.outlying([*scores, 1.02 * bulk_max]).any()
+
+
+def test_outlying_needs_enough_scores_and_marks_few() -> None:
+    # Under MIN_HELD_FOR_FENCE scores the quartiles mean little: none marked.
+    few = [1.0] * (fit.MIN_HELD_FOR_FENCE - 2) + [50.0]
+    assert not fit.outlying(few).any()
+    # A zero spread (IQR 0) puts the fence on the bulk, so that every higher
+    # score would be past it; at most MAX_OUTLYING_SHARE are marked, the
+    # largest ones.
+    flat = [10.0] * 80 + [11.0 + i for i in range(20)]
+    far = fit.outlying(flat)
+    assert far.sum() == int(fit.MAX_OUTLYING_SHARE * len(flat)) == 5
+    assert np.flatnonzero(far).tolist() == [95, 96, 97, 98, 99]
+
+
+def test_outlying_held_out_photo_does_not_set_the_threshold(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """One odd photo among the held-out ones used to set the threshold alone,
+    so the model passed everything that scored below it; now it is left out,
+    named, and the model flags it."""
+    count, seed = 110, 0
+    good = _write_good(tmp_path / "good", count=count)
+    n_hold = round(fit.HOLDOUT_FRACTION * count)
+    odd_index = int(np.random.default_rng(seed).permutation(count)[0])
+    assert n_hold >= fit.MIN_HELD_FOR_FENCE
+    odd = _texture(np.random.default_rng(99))
+    odd[20:80, 20:80] = (255, 0, 255)
+    # The builder takes the photos sorted by name.
+    odd_name = sorted(f"good_{i}.png" for i in range(count))[odd_index]
+    Image.fromarray(odd).save(good / odd_name)
+
+    component = fit.build_component(
+        good,
+        tmp_path / "models",
+        name="odd",
+        input_size=SIZE,
+        backbone="fixed",
+        seed=seed,
+        progress=print,
+    )
+    out = capsys.readouterr().out
+    assert f"1 of the {n_hold} held-out good photos score far above" in out
+    assert odd_name in out
+    description = json.loads((component / "manifest.json").read_text())[
+        "description"
+    ]
+    assert f"max of {n_hold - 1} held-out good values, 1 outlying left out" in (
+        description
+    )
+    session = _session(component / "model.onnx")
+    (odd_score,) = session.run(["score"], {"image": odd})[0]
+    assert odd_score >= 0.5
+    plain = _texture(np.random.default_rng(1234))
+    assert session.run(["score"], {"image": plain})[0][0] < 0.5
