@@ -274,6 +274,9 @@ class Recipe:
     # None: 1 + 1/held-out photos, wide for a few photos and close to 1 for
     # many, where the largest value is itself a high quantile of good parts.
     margin: float | None = CALIBRATION_MARGIN
+    # The largest share of held-out photos that may be left out of the
+    # threshold as outlying (see `outlying`); 0 keeps them all.
+    outlier_share: float = MAX_OUTLYING_SHARE
     # Pretrained backbones: the strides of the stages whose outputs are the
     # patch features (see trainer.backbones).
     strides: tuple[int, ...] = DEFAULT_STRIDES
@@ -642,7 +645,7 @@ def _calibrate(
         )
     )
     all_raw = [_raw(scorer, image) for image in bar("calibrating", held)]
-    far = outlying([score for score, _ in all_raw])
+    far = outlying([score for score, _ in all_raw], recipe.outlier_share)
     held_raw = [raw for raw, out in zip(all_raw, far, strict=True) if not out]
     left_out = ""
     if far.any():
@@ -676,12 +679,14 @@ def _calibrate(
     return scoring, rule, defect_labels(defects)
 
 
-def outlying(scores: Sequence[float]) -> np.ndarray:
+def outlying(
+    scores: Sequence[float], max_share: float = MAX_OUTLYING_SHARE
+) -> np.ndarray:
     """Which held-out scores lie above Tukey's upper fence of the log scores.
 
-    Logs, because distances are skewed to the right. At most
-    MAX_OUTLYING_SHARE of the scores (the largest) are marked, none with
-    fewer than MIN_HELD_FOR_FENCE scores.
+    Logs, because distances are skewed to the right. At most `max_share`
+    of the scores (the largest) are marked, none with fewer than
+    MIN_HELD_FOR_FENCE scores.
     """
     values = np.asarray(scores, dtype=np.float64)
     far = np.zeros(len(values), dtype=bool)
@@ -691,7 +696,7 @@ def outlying(scores: Sequence[float]) -> np.ndarray:
     q1, q3 = np.percentile(logs, [25, 75])
     fence = q3 + OUTLIER_FENCE * (q3 - q1)
     largest_first = np.argsort(-logs, kind="stable")
-    cap = int(MAX_OUTLYING_SHARE * len(values))
+    cap = int(max_share * len(values))
     far[[i for i in largest_first[:cap] if logs[i] > fence]] = True
     return far
 

@@ -389,6 +389,8 @@ def test_outlying_needs_enough_scores_and_marks_few() -> None:
     far = fit.outlying(flat)
     assert far.sum() == int(fit.MAX_OUTLYING_SHARE * len(flat)) == 5
     assert np.flatnonzero(far).tolist() == [95, 96, 97, 98, 99]
+    # A share of 0 turns the fence off (the benchmark's previous rule).
+    assert not fit.outlying(flat, max_share=0.0).any()
 
 
 def test_outlying_held_out_photo_does_not_set_the_threshold(
@@ -420,9 +422,7 @@ def test_outlying_held_out_photo_does_not_set_the_threshold(
     out = capsys.readouterr().out
     assert f"1 of the {n_hold} held-out good photos score far above" in out
     assert odd_name in out
-    description = json.loads((component / "manifest.json").read_text())[
-        "description"
-    ]
+    description = json.loads((component / "manifest.json").read_text())["description"]
     assert f"max of {n_hold - 1} held-out good values, 1 outlying left out" in (
         description
     )
