@@ -298,7 +298,7 @@ def seed_check(data_dir: Path, samples: list[Sample], tmp: Path) -> str:
     """
     default = RECIPES["lite0", "gaussian"]
     rules = {
-        "fence (default)": default,
+        "outliers left out (default)": default,
         "max of all held out (previous)": dataclasses.replace(
             default, outlier_share=0.0
         ),
@@ -323,6 +323,8 @@ def seed_check(data_dir: Path, samples: list[Sample], tmp: Path) -> str:
                 "description"
             ]
             found = re.search(r"(\d+) outlying left out", description)
+            if found is None and "outlying" in description:
+                raise RuntimeError(f"no count of outlying photos in: {description}")
             left_out = found.group(1) if found else "0"
             lines.append(
                 f"| {seed} | {rule} | {left_out} "

@@ -61,15 +61,6 @@ SHADOW_OFFSET = 5.0  # The part stands off the plate; its shadow falls this far.
 SHADOW_SOFTNESS = 4.0
 FEED_PITCH = 2.2  # Pixels between lathe grooves.
 
-DEFECT_KINDS = (
-    "scratch",
-    "dent",
-    "chipped-edge",
-    "stain",
-    "particle",
-    "missing-hole",
-)
-
 
 @dataclass(frozen=True)
 class Conditions:
@@ -393,6 +384,7 @@ PAINTERS: dict[str, Callable[[Layers, np.random.Generator], np.ndarray]] = {
     "particle": paint_particle,
     "missing-hole": paint_missing_hole,
 }
+DEFECT_KINDS = tuple(PAINTERS)
 
 
 def expose(

@@ -271,6 +271,11 @@ def main(argv: list[str] | None = None) -> int:
         "--method", help="train with this method instead of the backbone's default"
     )
     args = parser.parse_args(argv)
+    shipped = (ROOT / "models", ROOT / "samples")
+    if (args.backbone or args.method) and (args.models, args.samples) == shipped:
+        # The bundled components are built with their own recipes; a
+        # comparison must not overwrite them.
+        parser.error("--backbone and --method need --models and --samples elsewhere")
     for name in args.only or BUILDERS:
         print(f"== {name}")
         BUILDERS[name](args)

@@ -366,31 +366,48 @@ def test_gaussian_graph_matches_numpy_with_a_fine_model() -> None:
     assert score[0] == pytest.approx(full.max() / (full.max() + 1.0), rel=1e-4)
 
 
-def test_outlying_marks_scores_above_the_log_fence() -> None:
+def test_outlying_marks_scores_past_the_fence_and_the_gap() -> None:
     # Log scores spread evenly over 3 +- 0.15: quartiles 3 -+ 0.075, so the
-    # fence is at 3 + 0.075 + 1.5 x 0.15 = 3.3 (a score of 27.1).
+    # fence is at 3 + 0.075 + 1.5 x 0.15 = 3.3 (a score of 27.1); the bulk
+    # ends at 23.3, so the gap asks for more than 1.15 x 23.3 = 26.8.
     scores = list(np.exp(np.linspace(2.85, 3.15, 70)))
     bulk_max = max(scores)
-    # Far above the bulk: both are marked.
     far = fit.outlying([*scores, 48.0, 2.5 * bulk_max])
     assert far.tolist() == [False] * 70 + [True, True]
     # A score just above the bulk's largest is inside the fence.
     assert not fit.outlying([*scores, 1.02 * bulk_max]).any()
+    # Past the fence, but within the gap of a score that stays: kept.
+    assert not fit.outlying([*scores, 26.0, 28.0]).any()
+    # The gap is to the largest score kept, so 60 goes and 28 stays.
+    assert fit.outlying([*scores, 26.0, 28.0, 60.0]).tolist() == [False] * 72 + [True]
 
 
-def test_outlying_needs_enough_scores_and_marks_few() -> None:
+def test_outlying_needs_enough_scores_few_marks_and_a_scale() -> None:
     # Under MIN_HELD_FOR_FENCE scores the quartiles mean little: none marked.
-    few = [1.0] * (fit.MIN_HELD_FOR_FENCE - 2) + [50.0]
-    assert not fit.outlying(few).any()
-    # A zero spread (IQR 0) puts the fence on the bulk, so that every higher
-    # score would be past it; at most MAX_OUTLYING_SHARE are marked, the
-    # largest ones.
-    flat = [10.0] * 80 + [11.0 + i for i in range(20)]
-    far = fit.outlying(flat)
-    assert far.sum() == int(fit.MAX_OUTLYING_SHARE * len(flat)) == 5
-    assert np.flatnonzero(far).tolist() == [95, 96, 97, 98, 99]
-    # A share of 0 turns the fence off (the benchmark's previous rule).
-    assert not fit.outlying(flat, max_share=0.0).any()
+    bulk = [1.0] * (fit.MIN_HELD_FOR_FENCE - 1)
+    assert not fit.outlying([*bulk[1:], 50.0], max_share=0.4).any()
+    assert fit.outlying([*bulk, 50.0], max_share=0.4).tolist() == [False] * len(
+        bulk
+    ) + [True]
+    # At most MAX_OUTLYING_SHARE (5%) are marked: five high scores of 100 go,
+    # six are a mode of good parts, and none clears the gap over the sixth.
+    assert fit.outlying([10.0] * 95 + [100.0] * 5).sum() == 5
+    assert not fit.outlying([10.0] * 94 + [100.0] * 6).any()
+    # An even ramp above a flat bulk (IQR 0): past the fence, but each step
+    # is within the gap of the next, so none is an outlier.
+    assert not fit.outlying([10.0] * 80 + [11.0 + i for i in range(20)]).any()
+    # The others all about 0: no scale to be far from, nothing marked.
+    assert not fit.outlying([0.0] * 25 + [0.5]).any()
+    # A share of 0 turns the rule off (the benchmark's previous rule).
+    assert not fit.outlying([10.0] * 95 + [100.0] * 5, max_share=0.0).any()
+    with pytest.raises(ValueError, match="max_share"):
+        fit.outlying([1.0] * 30, max_share=0.5)
+
+
+def test_a_score_that_is_not_a_number_is_an_error() -> None:
+    raw = [(1.0, np.zeros(1)), (float("nan"), np.zeros(1)), (np.inf, np.zeros(1))]
+    with pytest.raises(TrainingError, match=r"b\.png, c\.png got a score"):
+        fit._check_finite(raw, ["a.png", "b.png", "c.png"])
 
 
 def test_outlying_held_out_photo_does_not_set_the_threshold(
@@ -420,7 +437,7 @@ def test_outlying_held_out_photo_does_not_set_the_threshold(
         progress=print,
     )
     out = capsys.readouterr().out
-    assert f"1 of the {n_hold} held-out good photos score far above" in out
+    assert f"1 of the {n_hold} held-out good photos scores far above" in out
     assert odd_name in out
     description = json.loads((component / "manifest.json").read_text())["description"]
     assert f"max of {n_hold - 1} held-out good values, 1 outlying left out" in (
