@@ -251,6 +251,13 @@ def _run_client(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
+    if mask is not None and not mask.absolute().parent.is_dir():
+        print(
+            f"edge-agent detect: --mask {mask}: the folder {mask.absolute().parent} "
+            "does not exist; give a .png path in an existing folder",
+            file=sys.stderr,
+        )
+        return 2
     mode = int(getattr(args, "segment_mode", "0600"), 8)
     with EdgeAgentClient(address, segment_mode=mode) as client:
         if args.command == "detect":
@@ -327,6 +334,13 @@ def main(argv: list[str] | None = None) -> int:
         code = exc.code()
         details = exc.details()
         print(f"edge-agent: {code.name}: {details}", file=sys.stderr)
+        if code == grpc.StatusCode.UNAVAILABLE and "connect" in str(details):
+            print(
+                f"edge-agent: no agent answers at {_client_address(args)}; start "
+                "one (./run.sh or edge-agent serve), or name its socket with "
+                f"--socket or {ENV_SOCKET}",
+                file=sys.stderr,
+            )
         return 1
     except KeyboardInterrupt:
         return 130

@@ -30,9 +30,23 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("good_dir", type=Path, help="folder of good PNG/JPEG photos")
     parser.add_argument("--out", type=Path, required=True, help="models folder")
     parser.add_argument("--name", required=True, help="component name, e.g. brick")
-    parser.add_argument("--kind", choices=KINDS, default="segmentation")
-    parser.add_argument("--version", default="1.0.0", help="MAJOR.MINOR.PATCH")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--kind",
+        choices=KINDS,
+        default="segmentation",
+        help="segmentation: score and a per-pixel mask (default); "
+        "classification: score only",
+    )
+    parser.add_argument(
+        "--version", default="1.0.0", help="MAJOR.MINOR.PATCH (default 1.0.0)"
+    )
+    parser.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="picks the photos held out to set the threshold, and any random "
+        "step; the same seed and photos give the same bytes (default 0)",
+    )
     parser.add_argument(
         "--backbone",
         choices=BACKBONES,
@@ -58,7 +72,12 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--force", action="store_true", help="replace an existing component"
     )
-    parser.add_argument("--cores", type=int, default=1)
+    parser.add_argument(
+        "--cores",
+        type=int,
+        default=1,
+        help="CPU cores the agent gives the model's worker (default 1)",
+    )
     parser.add_argument(
         "--input-size",
         type=_size,

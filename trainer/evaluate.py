@@ -391,8 +391,12 @@ class PixelCounts:
 
     @property
     def f1(self) -> float | None:
-        total = 2 * self.tp + self.fp + self.fn
-        return 2 * self.tp / total if total else None
+        """None without defect pixels: a mask of good photos only has no F1
+        (or IoU) to speak of, whether or not it marked something; its false
+        positive rate tells how much it marked."""
+        if self.tp + self.fn == 0:
+            return None
+        return 2 * self.tp / (2 * self.tp + self.fp + self.fn)
 
     @property
     def false_positive_rate(self) -> float | None:
@@ -401,8 +405,9 @@ class PixelCounts:
 
     @property
     def iou(self) -> float | None:
-        total = self.tp + self.fp + self.fn
-        return self.tp / total if total else None
+        if self.tp + self.fn == 0:
+            return None
+        return self.tp / (self.tp + self.fp + self.fn)
 
 
 class PixelHistogram:

@@ -135,9 +135,13 @@ def load_good_images(good_dir: Path) -> list[tuple[Path, np.ndarray]]:
         if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
     )
     if not paths:
+        hint = ""
+        if (good_dir / "train" / "good").is_dir():
+            hint = f" (an MVTec-layout folder: its good photos are in {good_dir}"
+            hint += "/train/good)"
         raise TrainingError(
-            f"no PNG or JPEG photos in {good_dir}; put at least 2 photos of good "
-            "(defect-free) parts there"
+            f"no PNG or JPEG photos in {good_dir}{hint}; put at least 2 photos "
+            "of good (defect-free) parts there"
         )
     images = [(path, _load_checked(path)) for path in paths]
     if len(images) < 2:
@@ -372,7 +376,8 @@ def build_component(
     if (out_dir / name).exists() and not overwrite:
         raise TrainingError(
             f"{out_dir / name} exists already; pick another name, or replace it "
-            "with --force (stop the model first if an agent serves it)"
+            "with --force (an agent serving it keeps its copy until the model is "
+            "restarted)"
         )
     rng = np.random.default_rng(seed)
 
@@ -383,7 +388,7 @@ def build_component(
     n_hold = max(1, round(HOLDOUT_FRACTION * len(loaded)))
     held = [loaded[i][1] for i in order[:n_hold]]
     train = [loaded[i][1] for i in order[n_hold:]]
-    say(f"split: {len(train)} for the memory bank, {n_hold} held out for calibration")
+    say(f"split: {len(train)} to fit the model, {n_hold} held out for calibration")
     if n_hold < FEW_HELD_OUT and not defects:
         say(
             f"warning: only {n_hold} good photo(s) held out to set the threshold, "

@@ -161,6 +161,37 @@ def test_mask_must_be_png(tmp_path: Path, name: str) -> None:
     assert not (tmp_path / name).exists()
 
 
+def _detect_nobody(tmp_path: Path, *extra: str) -> subprocess.CompletedProcess[str]:
+    """`detect` against a socket nobody listens on."""
+    return subprocess.run(
+        [
+            sys.executable, "-m", "frontend", "detect",
+            str(SAMPLES / "good" / "good_1.png"),
+            "--socket", f"unix://{tmp_path}/nobody.sock", *extra,
+        ],
+        capture_output=True, text=True, timeout=60, check=False, cwd=ROOT,
+    )  # fmt: skip
+
+
+def test_mask_folder_must_exist(tmp_path: Path) -> None:
+    """Refused before any call, like a wrong suffix."""
+    done = _detect_nobody(tmp_path, "--mask", str(tmp_path / "nodir" / "mask.png"))
+    assert done.returncode == 2
+    assert f"the folder {tmp_path / 'nodir'} does not exist" in done.stderr
+    assert "UNAVAILABLE" not in done.stderr
+
+
+def test_no_agent_is_named_with_what_to_do(tmp_path: Path) -> None:
+    done = _detect_nobody(tmp_path)
+    assert done.returncode == 1
+    assert "edge-agent: UNAVAILABLE: " in done.stderr
+    assert (
+        f"no agent answers at unix://{tmp_path}/nobody.sock; start one "
+        "(./run.sh or edge-agent serve), or name its socket with --socket or "
+        "EDGE_AGENT_SOCKET"
+    ) in done.stderr
+
+
 def test_unreadable_image_is_a_clear_error(bundled: Agent, tmp_path: Path) -> None:
     bogus = tmp_path / "not-an-image.png"
     bogus.write_text("hello")

@@ -195,6 +195,10 @@ def test_offline_figures(models: Path, dataset: Path, tmp_path: Path) -> None:
     assert (faint["caught_rate"], faint["image_f1"]) == (0.0, 0.0)
     assert good["photos"] == 3
     assert good["false_alarm_rate"] == pytest.approx(1 / 3)
+    # g2 marked every pixel: the good row has a false positive rate, and no
+    # F1 or IoU (it held no defect pixel), not 0 one time and None the next.
+    assert (good["pixel"]["f1"], good["pixel"]["iou"]) == (None, None)
+    assert good["pixel"]["false_positive_rate"] == pytest.approx(1 / 3)
     assert summary["latency_ms"]["median"] > 0
     assert summary["latency_ms"]["p90"] >= summary["latency_ms"]["median"]
 
@@ -223,7 +227,9 @@ def test_results_csv(models: Path, dataset: Path, tmp_path: Path) -> None:
         "",
         "0.000000",
     )
-    assert (g2["pixel_iou"], g2["predicted_fraction"]) == ("0.000000", "1.000000")
+    # Marking every pixel of a good photo has no F1 or IoU either (no defect
+    # pixels), whatever it marked; predicted_fraction shows it.
+    assert (g2["pixel_iou"], g2["predicted_fraction"]) == ("", "1.000000")
     assert (f0["pixel_f1"], f0["truth_fraction"]) == ("0.000000", "0.062500")
     assert (s0["pixel_f1"], s0["pixel_iou"]) == ("1.000000", "1.000000")
     assert float(s0["map_max"]) == pytest.approx(1.0)

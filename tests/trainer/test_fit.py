@@ -139,6 +139,17 @@ def test_empty_folder_is_an_error(tmp_path: Path) -> None:
         build_component(tmp_path / "good", tmp_path / "m", name="x")
 
 
+def test_a_data_set_root_points_to_its_good_photos(tmp_path: Path) -> None:
+    _write_good(tmp_path / "data" / "train" / "good", count=2)
+    with pytest.raises(TrainingError) as caught:
+        build_component(tmp_path / "data", tmp_path / "m", name="x")
+    assert str(caught.value) == (
+        f"no PNG or JPEG photos in {tmp_path / 'data'} (an MVTec-layout folder: "
+        f"its good photos are in {tmp_path / 'data'}/train/good); put at least 2 "
+        "photos of good (defect-free) parts there"
+    )
+
+
 def test_unreadable_image_is_an_error(tmp_path: Path) -> None:
     good = _write_good(tmp_path / "good", count=2)
     (good / "broken.png").write_bytes(b"not an image")
