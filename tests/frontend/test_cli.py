@@ -254,7 +254,10 @@ def test_mask_options_that_cannot_be_met(bundled: Agent, tmp_path: Path) -> None
     assert not mask.exists()
     cli(bundled, "stop", "slow")
     sample = str(SAMPLES / "defective" / "chip.png")
-    out = cli(bundled, "detect", sample, "--mask", "/nonexistent/m.png", check=False)
+    # A folder in the way is only found when the mask is written.
+    taken = tmp_path / "taken.png"
+    taken.mkdir()
+    out = cli(bundled, "detect", sample, "--mask", str(taken), check=False)
     assert out.returncode == 1
     assert "cannot save the mask" in out.stderr and "Traceback" not in out.stderr
 
