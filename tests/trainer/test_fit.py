@@ -421,12 +421,28 @@ def test_a_score_that_is_not_a_number_is_an_error() -> None:
         fit._check_finite(raw, ["a.png", "b.png", "c.png"])
 
 
+def _write_spot_defects(root: Path) -> Path:
+    """An MVTec-layout folder of three photos with a dark square."""
+    rng = np.random.default_rng(7)
+    (root / "test" / "spot").mkdir(parents=True)
+    (root / "ground_truth" / "spot").mkdir(parents=True)
+    for i in range(3):
+        image = _texture(rng)
+        mask = np.zeros(image.shape[:2], dtype=np.uint8)
+        image[30:60, 30:60] = 0
+        mask[30:60, 30:60] = 255
+        Image.fromarray(image).save(root / "test" / "spot" / f"{i}.png")
+        Image.fromarray(mask).save(root / "ground_truth" / "spot" / f"{i}.png")
+    return root
+
+
+@pytest.mark.parametrize("with_defects", [False, True])
 def test_outlying_held_out_photo_does_not_set_the_threshold(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], with_defects: bool
 ) -> None:
-    """One odd photo among the held-out ones used to set the threshold alone,
-    so the model passed everything that scored below it; now it is left out,
-    named, and the model flags it."""
+    """One odd photo among the held-out ones used to set the threshold alone
+    (with --defects, its floor), so the model passed everything that scored
+    below it; now it is left out, named, and the model flags it."""
     count, seed = 110, 0
     good = _write_good(tmp_path / "good", count=count)
     n_hold = round(fit.HOLDOUT_FRACTION * count)
@@ -437,6 +453,7 @@ def test_outlying_held_out_photo_does_not_set_the_threshold(
     # The builder takes the photos sorted by name.
     odd_name = sorted(f"good_{i}.png" for i in range(count))[odd_index]
     Image.fromarray(odd).save(good / odd_name)
+    defects = _write_spot_defects(tmp_path / "defects") if with_defects else None
 
     component = fit.build_component(
         good,
@@ -445,15 +462,19 @@ def test_outlying_held_out_photo_does_not_set_the_threshold(
         input_size=SIZE,
         backbone="fixed",
         seed=seed,
+        defects_dir=defects,
         progress=print,
     )
     out = capsys.readouterr().out
     assert f"1 of the {n_hold} held-out good photos scores far above" in out
     assert odd_name in out
     description = json.loads((component / "manifest.json").read_text())["description"]
-    assert f"max of {n_hold - 1} held-out good values, 1 outlying left out" in (
-        description
+    rule = (
+        f"best F1 on {n_hold - 1} held-out good and 3 defective photos"
+        if with_defects
+        else f"max of {n_hold - 1} held-out good values"
     )
+    assert f"{rule}, 1 outlying left out" in description
     session = _session(component / "model.onnx")
     (odd_score,) = session.run(["score"], {"image": odd})[0]
     assert odd_score >= 0.5
