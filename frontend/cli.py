@@ -238,10 +238,9 @@ def _client_address(args: argparse.Namespace) -> str:
         raise SystemExit(2) from None
 
 
-def _run_client(args: argparse.Namespace) -> int:
+def _run_client(args: argparse.Namespace, address: str) -> int:
     from frontend.client import EdgeAgentClient
 
-    address = _client_address(args)
     mask = getattr(args, "mask", None)
     if mask is not None and mask.suffix.lower() != ".png":
         # A lossy format would smear the label colors the mask is made of.
@@ -325,18 +324,19 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command in ("serve", "config"):
         return _run_serve(args)
+    address = _client_address(args)
     # A client killed by SIGTERM still runs its finally blocks, so the
     # segments it created are removed.
     signal.signal(signal.SIGTERM, _raise_exit)
     try:
-        return _run_client(args)
+        return _run_client(args, address)
     except grpc.RpcError as exc:
         code = exc.code()
         details = exc.details()
         print(f"edge-agent: {code.name}: {details}", file=sys.stderr)
         if code == grpc.StatusCode.UNAVAILABLE and "connect" in str(details):
             print(
-                f"edge-agent: no agent answers at {_client_address(args)}; start "
+                f"edge-agent: no agent answers at {address}; start "
                 "one (./run.sh or edge-agent serve), or name its socket with "
                 f"--socket or {ENV_SOCKET}",
                 file=sys.stderr,
