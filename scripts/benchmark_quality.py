@@ -65,14 +65,8 @@ class Candidate:
 CANDIDATES = (
     Candidate("lite0 gaussian 256 (default)", RECIPES["lite0", "gaussian"], (256, 256)),
     Candidate(
-        "lite0 gaussian 256, strides 8+16, 100 dims (the previous default)",
-        dataclasses.replace(
-            RECIPES["lite0", "gaussian"],
-            max_dims=100,
-            block=2,
-            strides=(8, 16),
-            local_strides=None,
-        ),
+        "lite0 gaussian 256, bilinear resize (the previous default)",
+        dataclasses.replace(RECIPES["lite0", "gaussian"], resample="linear"),
         (256, 256),
     ),
     Candidate(
@@ -175,6 +169,21 @@ def latencies_ms(components: dict[str, Path]) -> dict[str, float]:
     return {name: 1000 * statistics.median(t) for name, t in times.items()}
 
 
+def caught_at_false_alarms(good: np.ndarray, bad: np.ndarray, rate: float) -> float:
+    """What the ranking allows at all: the share of `bad` caught at the
+    lowest threshold that flags at most `rate` of `good` (an oracle that
+    looks at the test's good photos, not a model's own threshold).
+
+    At most 3 of 160 good photos for 2%: the threshold is the 4th-highest
+    good score and only scores above it count.
+    """
+    allowed = int(np.floor(rate * len(good) + 1e-9))
+    ranked = np.sort(good)[::-1]
+    if allowed >= len(ranked):
+        return 1.0
+    return float((bad > ranked[allowed]).mean())
+
+
 def evaluate(component: Path, samples: list[Sample]) -> dict[str, Any]:
     session = _session(component / "model.onnx")
     scores, pixel_scores, pixel_labels = [], [], []
@@ -196,10 +205,8 @@ def evaluate(component: Path, samples: list[Sample]) -> dict[str, Any]:
         "f1": f1_at(labels, score_arr, 0.5),
         "false_alarms": float(flagged[~labels].mean()),
         "caught": float(flagged[labels].mean()),
-        # What the ranking allows at all: caught at the threshold that gives
-        # 2% false alarms on the test's good photos (an oracle, not a model).
-        "caught_at_2pct": float(
-            (score_arr[labels] > np.quantile(score_arr[~labels], 0.98)).mean()
+        "caught_at_2pct": caught_at_false_alarms(
+            score_arr[~labels], score_arr[labels], 0.02
         ),
         "size_mb": (component / "model.onnx").stat().st_size / 1e6,
     }
@@ -239,8 +246,8 @@ def _table(results: dict[str, dict[str, Any]]) -> str:
         "",
         "Per defect kind (test/good plus that kind). The first two rounds "
         f"chose settings on `{TUNED_KIND}` only, the others hidden; the third "
-        "round (the stride-32 taps, 200 dims, 4x4 blocks, the fine map) "
-        "looked at both kinds:",
+        "and fifth rounds (the stride-32 taps, 200 dims, 4x4 blocks, the fine "
+        "map; the bicubic resize) looked at both kinds:",
         "",
         "| recipe | kind | role | image AUROC | pixel AUROC | caught |",
         "|---|---|---|---|---|---|",
@@ -290,30 +297,29 @@ SPLIT_SEEDS = (1, 2, 3, 4)
 
 
 def seed_check(data_dir: Path, samples: list[Sample], tmp: Path) -> str:
-    """The default recipe's own threshold under other split seeds, with the
-    outlier fence and without it (the previous rule), side by side.
+    """The default recipe under other split seeds, with the bicubic resize
+    and the previous bilinear one side by side.
 
     The seed picks which good photos are held out to set the threshold; a
-    rule that depends on the luck of that draw is no rule for a line.
+    gain that holds for one draw only is no gain for a line.
     """
     default = RECIPES["lite0", "gaussian"]
-    rules = {
-        "outliers left out (default)": default,
-        "max of all held out (previous)": dataclasses.replace(
-            default, outlier_share=0.0
-        ),
+    variants = {
+        "bicubic (default)": default,
+        "bilinear (previous)": dataclasses.replace(default, resample="linear"),
     }
     lines = [
-        "| split seed | threshold rule | held-out photos left out "
-        "| false alarms (good) | defective caught |",
-        "|---|---|---|---|---|",
+        "| split seed | resize | held-out photos left out | image AUROC "
+        "| false alarms (good) | defective caught "
+        "| caught at 2% false alarms (oracle) |",
+        "|---|---|---|---|---|---|---|",
     ]
     for seed in SPLIT_SEEDS:
-        for rule, recipe in rules.items():
+        for variant, recipe in variants.items():
             component = build_component(
                 data_dir / "train" / "good",
                 tmp,
-                name=f"seed-{seed}-{recipe.outlier_share}",
+                name=f"seed-{seed}-{recipe.resample}",
                 recipe=recipe,
                 seed=seed,
                 progress=print,
@@ -327,9 +333,11 @@ def seed_check(data_dir: Path, samples: list[Sample], tmp: Path) -> str:
                 raise RuntimeError(f"no count of outlying photos in: {description}")
             left_out = found.group(1) if found else "0"
             lines.append(
-                f"| {seed} | {rule} | {left_out} "
+                f"| {seed} | {variant} | {left_out} "
+                f"| {result['image_auroc']:.4f} "
                 f"| {100 * float(result['false_alarms']):.1f}% "
-                f"| {100 * float(result['caught']):.1f}% |"
+                f"| {100 * float(result['caught']):.1f}% "
+                f"| {100 * float(result['caught_at_2pct']):.1f}% |"
             )
     return (
         "Default recipe with other split seeds (seed 0 is the table above), "

@@ -295,6 +295,9 @@ class Recipe:
     # geometric mean of both maps, the image score stays the full model's.
     local_strides: tuple[int, ...] | None = None
     local_dims: int = 100
+    # How photos are resized to the working size: "linear" or "cubic";
+    # None is the feature stage's default (trainer.graph._stage).
+    resample: str | None = None
 
 
 def _feature_graph(
@@ -398,7 +401,11 @@ def build_component(
         )
 
     feature_graph = _feature_graph(backbone, input_size, recipe.strides)
-    features = _session(graph.build_feature_model(input_size, seed, feature_graph))
+    features = _session(
+        graph.build_feature_model(
+            input_size, seed, feature_graph, resample=recipe.resample
+        )
+    )
     provisional = _fit_scoring(
         features=features,
         train=train,
@@ -437,6 +444,7 @@ def build_component(
         scoring,
         segmentation=kind == "segmentation",
         backbone=feature_graph,
+        resample=recipe.resample,
     )
     method = (
         f"Fixed DCT/random filter bank at {graph.N_SCALES} scales"
@@ -653,6 +661,7 @@ def _calibrate(
             segmentation=False,
             raw_outputs=True,
             backbone=feature_graph,
+            resample=recipe.resample,
         )
     )
     all_raw = [_raw(scorer, image) for image in bar("calibrating", held)]
