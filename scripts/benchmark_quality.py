@@ -319,7 +319,7 @@ def seed_check(data_dir: Path, samples: list[Sample], tmp: Path) -> str:
             component = build_component(
                 data_dir / "train" / "good",
                 tmp,
-                name=f"seed-{seed}-{recipe.resample}",
+                name=f"seed-{seed}-{recipe.resample or 'default'}",
                 recipe=recipe,
                 seed=seed,
                 progress=print,

@@ -247,7 +247,13 @@ def _check_args(name: str, kind: str, version: str, cores: int) -> None:
 
 
 def _check_size(input_size: tuple[int, int], recipe: Recipe) -> None:
-    """Sides from MIN_SIDE to MAX_SIDE, in whole covariance blocks."""
+    """Sides from MIN_SIDE to MAX_SIDE, in whole covariance blocks; and a
+    known resize (checked here, before any photo is loaded)."""
+    if recipe.resample is not None and recipe.resample not in graph.RESAMPLERS:
+        raise TrainingError(
+            f"resample {recipe.resample!r} is invalid; use one of "
+            f"{', '.join(graph.RESAMPLERS)}, or None for the backbone's default"
+        )
     cell = graph.GRID_STRIDE * recipe.block
     if len(input_size) != 2 or any(
         side < MIN_SIDE or side > MAX_SIDE or side % cell for side in input_size
@@ -687,15 +693,39 @@ def _calibrate(
     prototypes = defect_prototypes(
         features, provisional.proj_w, provisional.proj_b, defects, input_size
     )
+    kept = [image for image, out in zip(held, far, strict=True) if not out]
+
+    def cell_labels(images: Sequence[np.ndarray]) -> list[np.ndarray]:
+        return [
+            nearest_prototype(
+                extract_patches(features, [image]) @ provisional.proj_w.T
+                + provisional.proj_b,
+                prototypes,
+            )
+            for image in images
+        ]
+
+    per_label = label_thresholds(
+        held_raw,
+        cell_labels(kept),
+        defect_raw,
+        cell_labels([d.image for d in defects]),
+        defects=defects,
+        input_size=input_size,
+        count=len(prototypes),
+        fallback=pixel_t,
+    )
     rule = (
         f"best F1 on {len(held_raw)} held-out good and {len(defects)} defective "
-        f"photos{left_out}"
+        f"photos{left_out}; pixel thresholds per label "
+        + ", ".join(f"{t:.4g}" for t in per_label)
     )
     scoring = dataclasses.replace(
         provisional,
         image_threshold=image_t,
         pixel_threshold=pixel_t,
         prototypes=prototypes,
+        label_thresholds=per_label,
     )
     return scoring, rule, defect_labels(defects)
 
@@ -963,6 +993,58 @@ def defect_thresholds(
     if not (image_t > _MIN_THRESHOLD and pixel_t > _MIN_THRESHOLD):
         raise TrainingError("the defective photos score like the good ones")
     return float(image_t), float(pixel_t)
+
+
+def nearest_prototype(cells: np.ndarray, prototypes: np.ndarray) -> np.ndarray:
+    """Index of the nearest prototype [K, d] for each projected cell [N, d],
+    as the component graph picks it (squared distance, first on ties)."""
+    squared = -2.0 * cells @ prototypes.T + (prototypes**2).sum(axis=1)
+    nearest: np.ndarray = np.argmin(squared, axis=1)
+    return nearest
+
+
+def label_thresholds(
+    held_raw: Sequence[tuple[float, np.ndarray]],
+    held_labels: Sequence[np.ndarray],
+    defect_raw: Sequence[tuple[float, np.ndarray]],
+    defect_cell_labels: Sequence[np.ndarray],
+    *,
+    defects: Sequence[Defect],
+    input_size: tuple[int, int],
+    count: int,
+    fallback: float,
+) -> np.ndarray:
+    """A raw pixel threshold for each of `count` labels. For label k it is
+    the best F1 of the defect cells among the cells that the graph gives
+    label k (the index of the nearest prototype), against the good cells
+    among them (held-out photos, and the defect photos outside their
+    masks).
+
+    One threshold for all labels let a kind whose map runs lower than
+    another's go unmarked: flagged by the image score, with an empty mask.
+    A label that no defect cell takes keeps `fallback` (the threshold over
+    all labels).
+    """
+    good: list[list[np.ndarray]] = [[] for _ in range(count)]
+    bad: list[list[np.ndarray]] = [[] for _ in range(count)]
+    for (_, raw_map), labels in zip(held_raw, held_labels, strict=True):
+        for k in range(count):
+            good[k].append(raw_map.ravel()[labels == k])
+    for (_, raw_map), labels, defect in zip(
+        defect_raw, defect_cell_labels, defects, strict=True
+    ):
+        covered = _grid_mask(defect.mask, input_size).ravel() >= 0.5
+        values = raw_map.ravel()
+        for k in range(count):
+            good[k].append(values[~covered & (labels == k)])
+            bad[k].append(values[covered & (labels == k)])
+    thresholds = np.full(count, fallback, dtype=np.float64)
+    for k in range(count):
+        positives = np.concatenate(bad[k]) if bad[k] else np.empty(0)
+        if positives.size:
+            negatives = np.concatenate(good[k])
+            thresholds[k] = max(best_f1_threshold(negatives, positives), _MIN_THRESHOLD)
+    return thresholds
 
 
 def defect_prototypes(

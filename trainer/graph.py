@@ -86,6 +86,9 @@ class Scoring:
     # [K, d] mean projected feature of each labelled defect kind; anomalous
     # pixels take the label of the nearest one. None: a single "anomaly".
     prototypes: np.ndarray | None = None
+    # [K] raw pixel threshold for the cells given each label (with
+    # prototypes only); None: `pixel_threshold` for every cell.
+    label_thresholds: np.ndarray | None = None
 
 
 @dataclass(frozen=True)
@@ -107,6 +110,7 @@ class GaussianScoring:
     image_threshold: float
     pixel_threshold: float
     prototypes: np.ndarray | None = None
+    label_thresholds: np.ndarray | None = None  # as in Scoring
     # A second Gaussian per cell on the fine (leading) feature channels
     # only. With it the image score stays the maximum of this model's map,
     # and the pixel map is the geometric mean of the two maps: the context
@@ -183,14 +187,19 @@ def _working_nchw(
 
     Both resamplers antialias, so that large camera frames do not alias
     the fine texture the features look at. `resample` is "linear" or
-    "cubic" (Keys, a = -0.5, as Pillow's BICUBIC), the default with a
-    pretrained backbone: on magnetic tiles
-    it kept small blowholes and thin breaks visible to the pretrained
-    backbones, and raised the share of defective photos caught at 2% false
-    alarms from 87% to 93% over eight split seeds (docs/model-quality.md,
-    fifth round). It resizes in float: ORT's uint8 bicubic rounds and clips
-    between its two passes (up to 31 levels off on hard edges), and was no
-    faster.
+    "cubic", the default with a pretrained backbone. The bicubic kernel is
+    Keys' with a = -0.5, the one Pillow's BICUBIC uses; it matches Pillow
+    away from the border, and differs within 3 pixels of it, where ORT
+    keeps the weights that fall outside the photo (`exclude_outside` 0).
+    It overshoots at hard edges (about -30 to 280 on noise) and is not
+    clipped: the trainer sees the same values the agent does.
+
+    On magnetic tiles the bicubic kernel kept small blowholes and thin
+    breaks visible to the pretrained backbones, and raised the share of
+    defective photos caught at 2% false alarms from 87% to 93% over eight
+    split seeds (docs/model-quality.md, fifth round). It resizes in float:
+    ORT's uint8 bicubic rounds and clips between its two passes (up to 31
+    levels off on hard edges), and was no faster.
     """
     width, height = input_size
     batched = b.op("Unsqueeze", [image, b.ints("axes", [0])])
@@ -575,8 +584,24 @@ def _segmentation(
     scoring: AnyScoring,
     grid: tuple[int, int],
 ) -> list[onnx.ValueInfoProto]:
-    """Add `mask` and `anomaly_map` at the input image's size."""
-    t_pix = b.floats("t_pixel", [scoring.pixel_threshold])
+    """Add `mask` and `anomaly_map` at the input image's size.
+
+    With labelled defect kinds each cell takes the label of the nearest
+    prototype, and is anomalous from that label's threshold on: the map is
+    normalised by it, so 0.5 stays the cut everywhere.
+    """
+    index = None
+    if scoring.prototypes is not None:
+        index = _nearest_distance(b, rows, scoring.prototypes, reduce="argmin")
+    if index is not None and scoring.label_thresholds is not None:
+        per_cell = b.op(
+            "Gather",
+            [b.floats("t_label", list(scoring.label_thresholds)), index],
+            axis=0,
+        )
+        t_pix = b.op("Reshape", [per_cell, b.ints("shape", [1, 1, *grid])])
+    else:
+        t_pix = b.floats("t_pixel", [scoring.pixel_threshold])
     norm_map = b.op("Div", [raw_map, b.op("Add", [raw_map, t_pix])])
     # Normalise on the small grid, then upsample: far cheaper than doing
     # the division per full-resolution pixel, and monotone either way.
@@ -589,13 +614,12 @@ def _segmentation(
     flat_map = b.op("Reshape", [norm_map, b.ints("shape", list(grid))])
     amap = b.op("Resize", [flat_map, "", "", hw], out="anomaly_map", mode="linear")
     anomalous = b.op("GreaterOrEqual", [amap, b.floats("half", [0.5])])
-    if scoring.prototypes is None:
+    if index is None:
         b.op("Cast", [anomalous], out="mask", to=TensorProto.UINT8)
     else:
         # Label k+1 for the defect kind whose prototype is nearest to the
         # cell's feature; the label grid is upsampled by nearest neighbour
         # so labels never blend into values that name another kind.
-        index = _nearest_distance(b, rows, scoring.prototypes, reduce="argmin")
         labels = b.op(
             "Add",
             [

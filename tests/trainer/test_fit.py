@@ -3,6 +3,7 @@ brick-texture component; the pretrained recipe is in test_pretrained.py."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 from typing import Any
@@ -525,7 +526,8 @@ def _pixels(features: np.ndarray) -> np.ndarray:
     stride = graph.GRID_STRIDE
     _, h, w = features.shape
     blocks = features.reshape(stride, stride, 3, h, w)
-    return blocks.transpose(2, 3, 0, 4, 1).reshape(3, h * stride, w * stride)
+    pixels: np.ndarray = blocks.transpose(2, 3, 0, 4, 1)
+    return pixels.reshape(3, h * stride, w * stride)
 
 
 def test_pretrained_backbones_see_a_bicubic_resize_and_fixed_filters_bilinear() -> None:
@@ -559,3 +561,160 @@ def test_bicubic_resize_keeps_a_small_spot_more_visible_than_bilinear() -> None:
     # Away from the spot both leave the flat background as it was.
     assert np.allclose(cubic[:, :100, :100], 160, atol=1e-3)
     assert np.allclose(linear[:, :100, :100], 160)
+
+
+def test_bicubic_resize_is_pillows_kernel_away_from_the_border() -> None:
+    """Keys' kernel with a = -0.5, antialiased, in float: what Pillow's
+    BICUBIC computes, except within 3 pixels of the border."""
+    image = np.random.default_rng(2).integers(0, 256, (150, 200, 3), dtype=np.uint8)
+    size = (64, 48)
+    pixels, _ = _resized(image, size, "cubic", _pass_through_backbone())
+    for channel in range(3):
+        plane = Image.fromarray(image[..., channel].astype(np.float32), mode="F")
+        expected = np.asarray(plane.resize(size, Image.Resampling.BICUBIC))
+        np.testing.assert_allclose(
+            pixels[channel, 3:-3, 3:-3], expected[3:-3, 3:-3], atol=1e-3
+        )
+
+
+def test_recipe_resample_reaches_every_graph_the_builder_makes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The feature graph (fit, refit, prototypes), the calibration graph and
+    the saved component all get the recipe's resize."""
+    seen: list[Any] = []
+    for name in ("build_feature_model", "build_component_model"):
+        original = getattr(graph, name)
+
+        def spy(*args: Any, _original: Any = original, **kwargs: Any) -> Any:
+            seen.append(kwargs.get("resample"))
+            return _original(*args, **kwargs)
+
+        monkeypatch.setattr(graph, name, spy)
+    recipe = dataclasses.replace(fit.RECIPES["fixed", "gaussian"], resample="cubic")
+    component = fit.build_component(
+        _write_good(tmp_path / "good", count=6),
+        tmp_path / "models",
+        name="cubic",
+        input_size=SIZE,
+        recipe=recipe,
+    )
+    assert seen == ["cubic"] * 3  # features, calibration, the component
+    saved = onnx.load(str(component / "model.onnx"))
+    modes = [
+        helper.get_attribute_value(attr).decode()
+        for node in saved.graph.node
+        if node.op_type == "Resize"
+        for attr in node.attribute
+        if attr.name == "mode"
+    ]
+    # The image's resize, then the anomaly map's (bilinear, to the photo).
+    assert modes[0] == "cubic"
+    with pytest.raises(TrainingError, match="resample 'area' is invalid"):
+        fit.build_component(
+            tmp_path / "good",
+            tmp_path / "models",
+            name="area",
+            input_size=SIZE,
+            recipe=dataclasses.replace(recipe, resample="area"),
+        )
+
+
+def test_each_label_gets_the_pixel_threshold_of_its_own_cells() -> None:
+    """A strong kind whose map spreads around its defects, and a faint,
+    small one: the threshold over all cells sits above the faint kind's
+    cells; one per label marks both."""
+    size = (32, 32)  # a 4x4 grid of 8-pixel cells
+    grid = (4, 4)
+    # Cells of the top half take label 0, of the bottom half label 1.
+    labels = np.repeat([0, 1], 8)
+    held_raw = [(1.0, np.full(grid, 1.0)), (1.5, np.full(grid, 1.5))]
+    strong_mask = np.zeros((32, 32), dtype=bool)
+    strong_mask[:8] = True  # the top row of cells
+    strong = np.full(grid, 1.0)
+    strong[0] = 9.0
+    strong[1] = 5.0  # the map spreads into the next row, outside the mask
+    faint_mask = np.zeros((32, 32), dtype=bool)
+    faint_mask[24:, :16] = True  # two cells of the bottom row
+    faint = np.full(grid, 1.0)
+    faint[3, :2] = 3.0
+    defects = [
+        fit.Defect("strong", Path("strong.png"), np.zeros((32, 32, 3)), strong_mask),
+        fit.Defect("faint", Path("faint.png"), np.zeros((32, 32, 3)), faint_mask),
+    ]
+    defect_raw = [(9.0, strong), (3.0, faint)]
+    thresholds = fit.label_thresholds(
+        held_raw,
+        [labels, labels],
+        defect_raw,
+        [labels, labels],
+        defects=defects,
+        input_size=size,
+        count=3,
+        fallback=4.0,
+    )
+    # Each in the gap between its own label's good and defect cells.
+    assert 5.0 < thresholds[0] < 9.0
+    assert 1.5 < thresholds[1] < 3.0
+    # No cell takes label 2: it keeps the threshold over all labels.
+    assert thresholds[2] == 4.0
+    # The threshold over all cells pays for the spread and loses the faint.
+    _, shared = fit.defect_thresholds(held_raw, defect_raw, defects, size)
+    assert shared > 5.0
+
+
+def test_the_graph_normalises_each_cell_by_its_labels_threshold() -> None:
+    """`anomaly_map` is raw / (raw + t[label]) and `mask` is label + 1 where
+    that is at least 0.5; checked on a photo the size of the cell grid, so
+    the map is not resized."""
+    size, block, seed = (32, 48), 2, 0
+    grid = (size[1] // graph.GRID_STRIDE, size[0] // graph.GRID_STRIDE)
+    rng = np.random.default_rng(3)
+    image = rng.integers(0, 256, (grid[0], grid[1], 3), dtype=np.uint8)
+    (cells,) = ort.InferenceSession(
+        graph.build_feature_model(size, seed).SerializeToString(),
+        providers=["CPUExecutionProvider"],
+    ).run(["features"], {"image": image})
+    channels = cells.shape[1]
+    dims = 5
+    weight = rng.normal(0, 0.3, (dims, channels))
+    bias = rng.normal(0, 0.1, dims)
+    rows = cells[0].reshape(channels, -1).T.astype(np.float64) @ weight.T + bias
+    # Prototypes at two real cells, so both labels occur.
+    prototypes = rows[[0, len(rows) - 1]].astype(np.float32)
+    blocks = (grid[0] // block) * (grid[1] // block)
+    scoring = graph.GaussianScoring(
+        weight,
+        bias,
+        rng.normal(0, 0.5, (dims, *grid)).astype(np.float32),
+        np.repeat(np.eye(dims, dtype=np.float32)[None], blocks, axis=0),
+        block,
+        1.0,
+        1.0,
+        prototypes=prototypes,
+    )
+    model = graph.build_component_model(
+        size, seed, scoring, segmentation=True, raw_outputs=True
+    )
+    session = ort.InferenceSession(
+        model.SerializeToString(), providers=["CPUExecutionProvider"]
+    )
+    (raw_map,) = session.run(["raw_map"], {"image": image})
+    raw = raw_map[0, 0].astype(np.float64)
+    label = fit.nearest_prototype(rows, prototypes.astype(np.float64))
+    label = label.reshape(grid)
+    assert set(np.unique(label)) == {0, 1}
+    # Thresholds that split each label's cells.
+    per_label = np.array([np.median(raw[label == k]) for k in (0, 1)])
+    labelled = dataclasses.replace(scoring, label_thresholds=per_label)
+    session = ort.InferenceSession(
+        graph.build_component_model(
+            size, seed, labelled, segmentation=True
+        ).SerializeToString(),
+        providers=["CPUExecutionProvider"],
+    )
+    _, mask, amap = session.run(None, {"image": image})
+    expected = raw / (raw + per_label[label])
+    np.testing.assert_allclose(amap, expected, rtol=1e-4)
+    np.testing.assert_array_equal(mask, np.where(expected >= 0.5, label + 1, 0))
+    assert {1, 2} <= set(np.unique(mask))
