@@ -484,6 +484,17 @@ def test_outlying_held_out_photo_does_not_set_the_threshold(
     assert session.run(["score"], {"image": plain})[0][0] < 0.5
 
 
+def _resize_modes(model: onnx.ModelProto) -> list[str]:
+    """The `mode` of each Resize node, in graph order."""
+    return [
+        helper.get_attribute_value(attr).decode()
+        for node in model.graph.node
+        if node.op_type == "Resize"
+        for attr in node.attribute
+        if attr.name == "mode"
+    ]
+
+
 def _resized(
     image: np.ndarray,
     size: tuple[int, int],
@@ -494,13 +505,7 @@ def _resized(
     pixels through sees (the fixed filters' features without one), and the
     Resize mode of the stage's graph."""
     model = graph.build_feature_model(size, 0, backbone, resample=resample)
-    modes = [
-        helper.get_attribute_value(attr).decode()
-        for node in model.graph.node
-        if node.op_type == "Resize"
-        for attr in node.attribute
-        if attr.name == "mode"
-    ]
+    modes = _resize_modes(model)
     assert len(modes) == 1, modes
     session = ort.InferenceSession(
         model.SerializeToString(), providers=["CPUExecutionProvider"]
@@ -600,14 +605,7 @@ def test_recipe_resample_reaches_every_graph_the_builder_makes(
         recipe=recipe,
     )
     assert seen == ["cubic"] * 3  # features, calibration, the component
-    saved = onnx.load(str(component / "model.onnx"))
-    modes = [
-        helper.get_attribute_value(attr).decode()
-        for node in saved.graph.node
-        if node.op_type == "Resize"
-        for attr in node.attribute
-        if attr.name == "mode"
-    ]
+    modes = _resize_modes(onnx.load(str(component / "model.onnx")))
     # The image's resize, then the anomaly map's (bilinear, to the photo).
     assert modes[0] == "cubic"
     with pytest.raises(TrainingError, match="resample 'area' is invalid"):
