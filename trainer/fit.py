@@ -1022,8 +1022,12 @@ def label_thresholds(
 
     One threshold for all labels let a kind whose map runs lower than
     another's go unmarked: flagged by the image score, with an empty mask.
-    A label that no defect cell takes keeps `fallback` (the threshold over
-    all labels).
+    A label's threshold is never above `fallback` (the threshold over all
+    labels), and a label that no defect cell takes keeps it: where few of
+    a label's cells are defects its own best F1 sits high. On magnetic
+    tiles, blowholes (tiny) against breaks, it was 33.2 against 25.6 over
+    all, and the masks of 53 of the 76 blowhole photos marked before no
+    longer touched the defect.
     """
     good: list[list[np.ndarray]] = [[] for _ in range(count)]
     bad: list[list[np.ndarray]] = [[] for _ in range(count)]
@@ -1043,7 +1047,8 @@ def label_thresholds(
         positives = np.concatenate(bad[k]) if bad[k] else np.empty(0)
         if positives.size:
             negatives = np.concatenate(good[k])
-            thresholds[k] = max(best_f1_threshold(negatives, positives), _MIN_THRESHOLD)
+            own = best_f1_threshold(negatives, positives)
+            thresholds[k] = max(min(own, fallback), _MIN_THRESHOLD)
     return thresholds
 
 

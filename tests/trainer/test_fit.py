@@ -641,24 +641,31 @@ def test_each_label_gets_the_pixel_threshold_of_its_own_cells() -> None:
         fit.Defect("faint", Path("faint.png"), np.zeros((32, 32, 3)), faint_mask),
     ]
     defect_raw = [(9.0, strong), (3.0, faint)]
-    thresholds = fit.label_thresholds(
-        held_raw,
-        [labels, labels],
-        defect_raw,
-        [labels, labels],
-        defects=defects,
-        input_size=size,
-        count=3,
-        fallback=4.0,
-    )
-    # Each in the gap between its own label's good and defect cells.
-    assert 5.0 < thresholds[0] < 9.0
-    assert 1.5 < thresholds[1] < 3.0
-    # No cell takes label 2: it keeps the threshold over all labels.
-    assert thresholds[2] == 4.0
     # The threshold over all cells pays for the spread and loses the faint.
     _, shared = fit.defect_thresholds(held_raw, defect_raw, defects, size)
     assert shared > 5.0
+
+    def per_label(fallback: float) -> np.ndarray:
+        return fit.label_thresholds(
+            held_raw,
+            [labels, labels],
+            defect_raw,
+            [labels, labels],
+            defects=defects,
+            input_size=size,
+            count=3,
+            fallback=fallback,
+        )
+
+    thresholds = per_label(shared)
+    # Each in the gap between its own label's good and defect cells.
+    assert 5.0 < thresholds[0] <= shared
+    assert 1.5 < thresholds[1] < 3.0
+    # No cell takes label 2: it keeps the threshold over all labels.
+    assert thresholds[2] == shared
+    # A label's own best never raises it above the threshold over all.
+    capped = per_label(4.0)
+    assert capped[0] == 4.0 and capped[1] == thresholds[1] and capped[2] == 4.0
 
 
 def test_the_graph_normalises_each_cell_by_its_labels_threshold() -> None:
