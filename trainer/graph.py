@@ -594,6 +594,12 @@ def _segmentation(
     if scoring.prototypes is not None:
         index = _nearest_distance(b, rows, scoring.prototypes, reduce="argmin")
     if index is not None and scoring.label_thresholds is not None:
+        assert scoring.prototypes is not None  # as index is set
+        if len(scoring.label_thresholds) != len(scoring.prototypes):
+            raise ValueError(
+                f"{len(scoring.label_thresholds)} label thresholds for "
+                f"{len(scoring.prototypes)} prototypes; give one per prototype"
+            )
         per_cell = b.op(
             "Gather",
             [b.floats("t_label", list(scoring.label_thresholds)), index],

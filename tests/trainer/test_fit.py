@@ -626,7 +626,9 @@ def test_each_label_gets_the_pixel_threshold_of_its_own_cells() -> None:
     grid = (4, 4)
     # Cells of the top half take label 0, of the bottom half label 1.
     labels = np.repeat([0, 1], 8)
-    held_raw = [(1.0, np.full(grid, 1.0)), (1.5, np.full(grid, 1.5))]
+    second = np.full(grid, 1.5)
+    second[2:] = 2.5  # the good cells of label 1 reach 2.5
+    held_raw = [(1.0, np.full(grid, 1.0)), (1.5, second)]
     strong_mask = np.zeros((32, 32), dtype=bool)
     strong_mask[:8] = True  # the top row of cells
     strong = np.full(grid, 1.0)
@@ -636,6 +638,7 @@ def test_each_label_gets_the_pixel_threshold_of_its_own_cells() -> None:
     faint_mask[24:, :16] = True  # two cells of the bottom row
     faint = np.full(grid, 1.0)
     faint[3, :2] = 3.0
+    faint[3, 2:] = 2.8  # beside it, outside its mask: good cells too
     defects = [
         fit.Defect("strong", Path("strong.png"), np.zeros((32, 32, 3)), strong_mask),
         fit.Defect("faint", Path("faint.png"), np.zeros((32, 32, 3)), faint_mask),
@@ -658,9 +661,10 @@ def test_each_label_gets_the_pixel_threshold_of_its_own_cells() -> None:
         )
 
     thresholds = per_label(shared)
-    # Each in the gap between its own label's good and defect cells.
+    # Each in the gap between its own label's good cells (held-out photos,
+    # and defect photos outside their masks) and its defect cells.
     assert 5.0 < thresholds[0] <= shared
-    assert 1.5 < thresholds[1] < 3.0
+    assert 2.8 < thresholds[1] < 3.0
     # No cell takes label 2: it keeps the threshold over all labels.
     assert thresholds[2] == shared
     # A label's own best never raises it above the threshold over all.

@@ -10,6 +10,7 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
@@ -17,6 +18,7 @@ import onnxruntime as ort
 import pytest
 from PIL import Image
 
+from trainer import fit
 from trainer.fit import TrainingError, build_component
 
 torch = pytest.importorskip("torch")
@@ -145,9 +147,28 @@ def _write_defects(root: Path) -> Path:
     return root
 
 
-def test_defects_give_labelled_segmentation(tmp_path: Path) -> None:
+def test_defects_give_labelled_segmentation(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     good = _write_good(tmp_path / "good")
     defects = _write_defects(tmp_path / "defects")
+    shared: list[float] = []
+    per_label: list[np.ndarray] = []
+
+    def spy_shared(*args: Any) -> tuple[float, float]:
+        image_t, pixel_t = original_shared(*args)
+        shared.append(pixel_t)
+        return image_t, pixel_t
+
+    def spy_labels(*args: Any, **kwargs: Any) -> np.ndarray:
+        assert kwargs["fallback"] == shared[-1]
+        thresholds = original_labels(*args, **kwargs)
+        per_label.append(thresholds)
+        return thresholds
+
+    original_shared, original_labels = fit.defect_thresholds, fit.label_thresholds
+    monkeypatch.setattr(fit, "defect_thresholds", spy_shared)
+    monkeypatch.setattr(fit, "label_thresholds", spy_labels)
     component = build_component(
         good,
         tmp_path / "m",
@@ -160,6 +181,11 @@ def test_defects_give_labelled_segmentation(tmp_path: Path) -> None:
     assert [label["name"] for label in manifest["labels"]] == ["bright", "dark"]
     assert len({label["color"] for label in manifest["labels"]}) == 2
     assert "best F1" in manifest["description"]
+    # Two labels; the kind with the stronger map keeps the threshold over
+    # all, the other gets its own, lower one.
+    (thresholds,) = per_label
+    assert len(thresholds) == 2 and max(thresholds) == shared[0]
+    assert min(thresholds) < shared[0]
     session = _session(component / "model.onnx")
     rng = np.random.default_rng(11)
     for label, value in ((1, 255), (2, 0)):
