@@ -717,8 +717,12 @@ def _calibrate(
     )
     rule = (
         f"best F1 on {len(held_raw)} held-out good and {len(defects)} defective "
-        f"photos{left_out}; pixel thresholds per label "
-        + ", ".join(f"{t:.4g}" for t in per_label)
+        f"photos{left_out}; pixel threshold per label: "
+        + ", ".join(
+            f"{label['name']} {t:.4g}"
+            for label, t in zip(defect_labels(defects), per_label, strict=True)
+        )
+        + " (each label's cells are normalised by its own, so 0.5 is the cut)"
     )
     scoring = dataclasses.replace(
         provisional,
@@ -889,6 +893,11 @@ def load_defects(root: Path) -> list[Defect]:
     """Defective photos of an MVTec-layout folder: `test/<kind>/*` with masks
     in `ground_truth/<kind>/<stem>.png` or `<stem>_mask.png`."""
     test = root / "test"
+    if not root.is_dir():
+        raise TrainingError(
+            f"--defects folder {root} does not exist; give an MVTec-layout "
+            "folder (test/<kind>/*.png and ground_truth/<kind>/*.png)"
+        )
     if not test.is_dir():
         raise TrainingError(
             f"{root} has no test/ folder; --defects takes an MVTec-layout folder "
@@ -907,6 +916,11 @@ def load_defects(root: Path) -> list[Defect]:
             for p in (test / kind).iterdir()
             if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
         )
+        if not paths:
+            raise TrainingError(
+                f"defect kind folder {test / kind} holds no PNG or JPEG photos; "
+                "add this kind's defective photos, or remove the folder"
+            )
         for path in paths:
             image = _load_checked(path)
             masks = root / "ground_truth" / kind

@@ -181,6 +181,7 @@ def test_defects_give_labelled_segmentation(
     assert [label["name"] for label in manifest["labels"]] == ["bright", "dark"]
     assert len({label["color"] for label in manifest["labels"]}) == 2
     assert "best F1" in manifest["description"]
+    assert "pixel threshold per label: bright " in manifest["description"]
     # Two labels; the kind with the stronger map keeps the threshold over
     # all, the other gets its own, lower one.
     (thresholds,) = per_label
@@ -206,7 +207,22 @@ def test_defects_folder_errors(tmp_path: Path) -> None:
         build_component(
             good, tmp_path / "m", name="x", input_size=SIZE, defects_dir=tmp_path
         )
+    with pytest.raises(TrainingError, match=r"folder .*nowhere does not exist"):
+        build_component(
+            good,
+            tmp_path / "m",
+            name="x",
+            input_size=SIZE,
+            defects_dir=tmp_path / "nowhere",
+        )
     defects = _write_defects(tmp_path / "defects")
+    # A kind folder left empty (photos not copied) is not silently dropped.
+    (defects / "test" / "crack").mkdir()
+    with pytest.raises(TrainingError, match=r"test/crack holds no PNG or JPEG"):
+        build_component(
+            good, tmp_path / "m", name="x", input_size=SIZE, defects_dir=defects
+        )
+    (defects / "test" / "crack").rmdir()
     (defects / "ground_truth" / "dark" / "001.png").unlink()
     with pytest.raises(TrainingError, match=r"no mask for .*001\.png"):
         build_component(
