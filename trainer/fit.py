@@ -695,21 +695,26 @@ def _calibrate(
     )
     kept = [image for image, out in zip(held, far, strict=True) if not out]
 
-    def cell_labels(images: Sequence[np.ndarray]) -> list[np.ndarray]:
+    def cell_labels(
+        images: Sequence[np.ndarray], raw: Sequence[tuple[float, np.ndarray]]
+    ) -> list[np.ndarray]:
         return [
-            nearest_prototype(
-                extract_patches(features, [image]) @ provisional.proj_w.T
-                + provisional.proj_b,
-                prototypes,
+            peak_labels(
+                nearest_prototype(
+                    extract_patches(features, [image]) @ provisional.proj_w.T
+                    + provisional.proj_b,
+                    prototypes,
+                ),
+                raw_map,
             )
-            for image in images
+            for image, (_, raw_map) in zip(images, raw, strict=True)
         ]
 
     per_label = label_thresholds(
         held_raw,
-        cell_labels(kept),
+        cell_labels(kept, held_raw),
         defect_raw,
-        cell_labels([d.image for d in defects]),
+        cell_labels([d.image for d in defects], defect_raw),
         defects=defects,
         input_size=input_size,
         count=len(prototypes),
@@ -1015,6 +1020,24 @@ def nearest_prototype(cells: np.ndarray, prototypes: np.ndarray) -> np.ndarray:
     squared = -2.0 * cells @ prototypes.T + (prototypes**2).sum(axis=1)
     nearest: np.ndarray = np.argmin(squared, axis=1)
     return nearest
+
+
+def peak_labels(nearest: np.ndarray, raw_map: np.ndarray) -> np.ndarray:
+    """Each cell's label as the graph gives it: the nearest prototype
+    (`nearest`, [h*w]) of the strongest cell of `raw_map` [h, w] within
+    the graph.LABEL_WINDOW cells around it (the first, row by row, on a
+    tie)."""
+    height, width = raw_map.shape
+    radius = graph.LABEL_WINDOW // 2
+    labels = np.empty(height * width, dtype=nearest.dtype)
+    for row in range(height):
+        top, bottom = max(0, row - radius), min(height, row + radius + 1)
+        for col in range(width):
+            left, right = max(0, col - radius), min(width, col + radius + 1)
+            window = raw_map[top:bottom, left:right]
+            r, c = np.unravel_index(int(np.argmax(window)), window.shape)
+            labels[row * width + col] = nearest[(top + r) * width + left + c]
+    return labels
 
 
 def label_thresholds(

@@ -24,6 +24,9 @@ N_SCALES = 4
 SMOOTH_SIGMA = 1.0  # In feature cells; removes single-cell speckle.
 # How the photo is resized to the working size (see _working_nchw).
 RESAMPLERS = ("linear", "cubic")
+# Labelled segmentation: each cell takes the label of the strongest cell of
+# the pixel map within this window (cells per side, centred on it).
+LABEL_WINDOW = 7
 
 # ITU-R BT.601 luma plus two colour differences, scaled from bytes to [0, 1].
 _LUMA = np.array([0.299, 0.587, 0.114]) / 255.0
@@ -592,7 +595,30 @@ def _segmentation(
     """
     index = None
     if scoring.prototypes is not None:
-        index = _nearest_distance(b, rows, scoring.prototypes, reduce="argmin")
+        nearest = _nearest_distance(b, rows, scoring.prototypes, reduce="argmin")
+        # A defect's map spreads over the cells around it, whose features
+        # look normal and so nearest to whichever kind is faintest; they
+        # take the label of the strongest cell nearby instead (on a part
+        # with three kinds, the faint kind's label covered more of the
+        # mask than the true kind's on 15 of 16 photos).
+        radius = LABEL_WINDOW // 2
+        peak_at = b._name("peak_at")
+        b.nodes.append(
+            helper.make_node(
+                "MaxPool",
+                [raw_map],
+                [b._name("peak"), peak_at],
+                name=b._name("label_window"),
+                kernel_shape=[LABEL_WINDOW, LABEL_WINDOW],
+                pads=[radius] * 4,
+                strides=[1, 1],
+            )
+        )
+        index = b.op(
+            "Gather",
+            [nearest, b.op("Reshape", [peak_at, b.ints("shape", [-1])])],
+            axis=0,
+        )
     if index is not None and scoring.label_thresholds is not None:
         assert scoring.prototypes is not None  # as index is set
         if len(scoring.label_thresholds) != len(scoring.prototypes):

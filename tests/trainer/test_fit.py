@@ -672,11 +672,17 @@ def test_each_label_gets_the_pixel_threshold_of_its_own_cells() -> None:
     assert capped[0] == 4.0 and capped[1] == thresholds[1] and capped[2] == 4.0
 
 
-def test_the_graph_normalises_each_cell_by_its_labels_threshold() -> None:
+@pytest.mark.parametrize("window", [1, graph.LABEL_WINDOW])
+def test_the_graph_normalises_each_cell_by_its_labels_threshold(
+    window: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """`anomaly_map` is raw / (raw + t[label]) and `mask` is label + 1 where
-    that is at least 0.5; checked on a photo the size of the cell grid, so
-    the map is not resized."""
-    size, block, seed = (32, 48), 2, 0
+    that is at least 0.5, each cell's label that of the nearest prototype
+    at the strongest cell within the window (`fit.peak_labels`); checked on
+    a photo the size of the cell grid, so the map is not resized. Window 1
+    (each cell its own) makes sure both labels occur."""
+    monkeypatch.setattr(graph, "LABEL_WINDOW", window)
+    size, block, seed = (96, 96), 2, 0
     grid = (size[1] // graph.GRID_STRIDE, size[0] // graph.GRID_STRIDE)
     rng = np.random.default_rng(3)
     image = rng.integers(0, 256, (grid[0], grid[1], 3), dtype=np.uint8)
@@ -710,11 +716,15 @@ def test_the_graph_normalises_each_cell_by_its_labels_threshold() -> None:
     )
     (raw_map,) = session.run(["raw_map"], {"image": image})
     raw = raw_map[0, 0].astype(np.float64)
-    label = fit.nearest_prototype(rows, prototypes.astype(np.float64))
-    label = label.reshape(grid)
-    assert set(np.unique(label)) == {0, 1}
+    nearest = fit.nearest_prototype(rows, prototypes.astype(np.float64))
+    label = fit.peak_labels(nearest, raw).reshape(grid)
+    if window == 1:
+        np.testing.assert_array_equal(label.ravel(), nearest)
+        assert set(np.unique(label)) == {0, 1}
     # Thresholds that split each label's cells.
-    per_label = np.array([np.median(raw[label == k]) for k in (0, 1)])
+    per_label = np.array(
+        [np.median(raw[label == k]) if (label == k).any() else 1.0 for k in (0, 1)]
+    )
     labelled = dataclasses.replace(scoring, label_thresholds=per_label)
     session = ort.InferenceSession(
         graph.build_component_model(
@@ -726,4 +736,23 @@ def test_the_graph_normalises_each_cell_by_its_labels_threshold() -> None:
     expected = raw / (raw + per_label[label])
     np.testing.assert_allclose(amap, expected, rtol=1e-4)
     np.testing.assert_array_equal(mask, np.where(expected >= 0.5, label + 1, 0))
-    assert {1, 2} <= set(np.unique(mask))
+    assert mask.any() and not mask.all()
+    if window == 1:
+        assert {1, 2} <= set(np.unique(mask))
+
+
+def test_cells_take_the_label_of_the_strongest_cell_nearby(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A defect's core is nearest to its own kind, the cells its map spreads
+    over are nearest to another (they look almost normal): within the
+    window they take the core's label."""
+    monkeypatch.setattr(graph, "LABEL_WINDOW", 3)
+    rows, cols = np.mgrid[0:5, 0:6]
+    raw_map = 10.0 - np.hypot(rows - 2, cols - 2)  # one peak, at (2, 2)
+    nearest = np.zeros(30, dtype=np.int64)
+    nearest[2 * 6 + 2] = 1  # only the core is nearest to kind 1
+    labels = fit.peak_labels(nearest, raw_map).reshape(5, 6)
+    expected = np.zeros((5, 6), dtype=np.int64)
+    expected[1:4, 1:4] = 1  # the cells whose 3x3 window holds the peak
+    np.testing.assert_array_equal(labels, expected)
