@@ -720,9 +720,15 @@ def _calibrate(
         count=len(prototypes),
         fallback=pixel_t,
     )
+    floor = max(score for score, _ in held_raw)
+    at_floor = (
+        " (image: the largest held-out good score, its floor)"
+        if image_t == floor
+        else ""
+    )
     rule = (
         f"best F1 on {len(held_raw)} held-out good and {len(defects)} defective "
-        f"photos{left_out}; pixel threshold per label: "
+        f"photos{left_out}{at_floor}; pixel threshold per label: "
         + ", ".join(
             f"{label['name']} {t:.4g}"
             for label, t in zip(defect_labels(defects), per_label, strict=True)
