@@ -35,7 +35,7 @@ import onnxruntime as ort
 from PIL import Image, ImageDraw, ImageFont
 
 from frontend.client import EdgeAgentClient
-from shared.component import ComponentError, ModelComponent, load_component
+from shared.component import ComponentError, Label, ModelComponent, load_component
 from shared.images import MAX_SIDE, MIN_SIDE, ImageError, load_rgb
 from trainer.metrics import auroc, f1_at, roc_curve
 from workers.model import session_options
@@ -84,6 +84,8 @@ class Outcome:
     predicted: np.ndarray | None  # bool [height, width]: any label
     anomaly_map: np.ndarray | None  # float32 [height, width]
     latency_ms: float
+    # The label that marks the most pixels; None without a mask or marks.
+    kind: str | None = None
 
 
 # ---------------------------------------------------------------- data set
@@ -244,8 +246,16 @@ class OfflineScorer:
             raise ScoringError(f"the graph returned the score {raw}")
         score = _clip(raw)
         predicted = None
+        kind = None
         if "mask" in named:
-            predicted = _at_image_size(named["mask"], image, "mask") != 0
+            mask = _at_image_size(named["mask"], image, "mask")
+            predicted = mask != 0
+            labels = self.component.labels
+            counts = np.bincount(
+                np.clip(mask.ravel(), 0, len(labels) + 1).astype(np.int64),
+                minlength=len(labels) + 2,
+            )[1 : len(labels) + 1]
+            kind = _largest(counts, labels)
         anomaly_map = None
         if "anomaly_map" in named:
             anomaly_map = _at_image_size(named["anomaly_map"], image, "anomaly_map")
@@ -255,10 +265,19 @@ class OfflineScorer:
             predicted=predicted,
             anomaly_map=anomaly_map,
             latency_ms=latency_ms,
+            kind=kind,
         )
 
     def close(self) -> None:
         """Nothing to release; the session goes with the object."""
+
+
+def _largest(counts: np.ndarray, labels: Sequence[Label]) -> str | None:
+    """The name of the label with the most pixels (the first on a tie), or
+    None when no pixel is marked."""
+    if len(counts) == 0 or int(counts.max()) == 0:
+        return None
+    return labels[int(np.argmax(counts))].name
 
 
 def _at_image_size(output: Any, image: np.ndarray, name: str) -> np.ndarray:
@@ -283,6 +302,7 @@ class AgentScorer:
     def __init__(self, address: str, model: str, component: ModelComponent) -> None:
         self.address = address
         self.model = model
+        self.labels = component.labels
         self.client = EdgeAgentClient(address)
         try:
             self._check_running(component)
@@ -347,16 +367,23 @@ class AgentScorer:
         result = self.client.detect(self.model, image)
         latency_ms = (time.perf_counter() - start) * 1000.0
         predicted = None
+        kind = None
         if result.mask is not None:
             # Background is white and no label may be white.
             predicted = np.any(result.mask != 255, axis=2)
             _at_image_size(predicted, image, "the agent's mask")
+            labels = self.labels
+            counts = np.array(
+                [np.all(result.mask == label.rgb, axis=2).sum() for label in labels]
+            )
+            kind = _largest(counts, labels)
         return Outcome(
             score=float(result.anomaly_score),
             is_anomalous=bool(result.is_anomalous),
             predicted=predicted,
             anomaly_map=None,
             latency_ms=latency_ms,
+            kind=kind,
         )
 
     def close(self) -> None:
@@ -481,6 +508,7 @@ class Row:
     truth_fraction: float
     pixels: PixelCounts | None
     map_max: float | None
+    predicted_kind: str | None = None
 
     def as_csv(self, data_dir: Path) -> dict[str, str]:
         pixels = self.pixels
@@ -499,6 +527,7 @@ class Row:
             "pixel_f1": _cell(None if pixels is None else pixels.f1),
             "pixel_iou": _cell(None if pixels is None else pixels.iou),
             "map_max": _cell(self.map_max),
+            "predicted_kind": self.predicted_kind or "",
         }
 
 
@@ -514,6 +543,7 @@ CSV_FIELDS = (
     "pixel_f1",
     "pixel_iou",
     "map_max",
+    "predicted_kind",
 )
 
 
@@ -585,6 +615,7 @@ def evaluate_one(
         truth_fraction=float(truth.mean()),
         pixels=pixels,
         map_max=None if anomaly_map is None else float(anomaly_map.max()),
+        predicted_kind=outcome.kind,
     )
 
 
@@ -653,6 +684,7 @@ class Figures:
     tallies: dict[str, KindTally]
     threshold: float
     pixel_auroc_reason: str | None  # why there is none, or None
+    label_names: tuple[str, ...] = ()  # the component's mask labels
 
     def kinds(self) -> list[str]:
         return list(dict.fromkeys(r.sample.kind for r in self.rows))
@@ -691,6 +723,7 @@ class Figures:
             "image_f1": f1_at(labels, scores, self.threshold) if labels.any() else None,
             "false_alarm_rate": _rate(self.flagged([GOOD] if GOOD in kinds else [])),
             "caught_rate": _rate(self.flagged(defective)),
+            "labelled_right_rate": self.labelled_right(defective),
             "pixel": {
                 "auroc": None if area is None else area[0],
                 "auroc_error_bound": None if area is None else area[1],
@@ -701,6 +734,16 @@ class Figures:
                 else None,
             },
         }
+
+    def labelled_right(self, kinds: Iterable[str]) -> float | None:
+        """Share of the defective photos of ``kinds`` named like one of the
+        component's labels whose mask marks that label most; None when no
+        kind is named like a label."""
+        named = set(kinds) & set(self.label_names) - {GOOD}
+        rows = [r for r in self.rows if r.sample.kind in named]
+        if not rows:
+            return None
+        return sum(r.predicted_kind == r.sample.kind for r in rows) / len(rows)
 
     def latency(self) -> dict[str, float]:
         values = np.array([r.latency_ms for r in self.rows])
@@ -1013,7 +1056,13 @@ def run(args: argparse.Namespace, out: TextIO, err: TextIO) -> dict[str, Any]:
     finally:
         scorer.close()
 
-    figures = Figures(rows, tallies, component.threshold, no_pixel_auroc)
+    figures = Figures(
+        rows,
+        tallies,
+        component.threshold,
+        no_pixel_auroc,
+        tuple(label.name for label in component.labels),
+    )
     summary = summarize(
         figures,
         {

@@ -474,3 +474,53 @@ def test_a_rerun_replaces_the_overlays(
     assert not stale.parent.exists()
     kinds = sorted(p.name for p in (tmp_path / "overlays").iterdir())
     assert kinds == sorted(p.name for p in (dataset / "test").iterdir())
+
+
+def test_report_names_the_kind_each_mask_marks_most(
+    models: Path, tmp_path: Path
+) -> None:
+    """Kinds named like the component's labels (color-seg: red, blue) are
+    checked against the label that marks the most pixels, offline and
+    through the agent alike."""
+    root = tmp_path / "labelled"
+    test, truth = root / "test", root / "ground_truth"
+    red, blue = _photo(255), np.full((SIDE, SIDE, 3), BACKGROUND, np.uint8)
+    blue[8 : 8 + SQUARE, 8 : 8 + SQUARE, 2] = 255
+    for kind, name, image in (
+        ("good", "g0", _photo(None)),
+        ("red", "r0", red),
+        ("blue", "b0", blue),
+        ("blue", "b1", red),  # a blue defect the mask calls red
+    ):
+        _save(image, test / kind / f"{name}.png")
+        if kind != "good":
+            (truth / kind).mkdir(parents=True, exist_ok=True)
+            _square_mask().save(truth / kind / f"{name}.png")
+    offline = _run(models / "color-seg", root, tmp_path / "offline")
+    rows = {
+        Path(r["path"]).stem: r["predicted_kind"] for r in _rows(tmp_path / "offline")
+    }
+    assert rows == {"g0": "", "r0": "red", "b0": "blue", "b1": "red"}
+    assert offline["kinds"]["red"]["labelled_right_rate"] == 1.0
+    assert offline["kinds"]["blue"]["labelled_right_rate"] == 0.5
+    assert offline["kinds"]["good"]["labelled_right_rate"] is None
+    assert offline["overall"]["labelled_right_rate"] == pytest.approx(2 / 3)
+    with agent_context(models, "--start", "color-seg") as agent:
+        agent.wait_status("color-seg", "RUNNING")
+        through = _run(
+            models / "color-seg", root, tmp_path / "agent", "--agent", agent.address
+        )
+    assert _without_latency(through) == _without_latency(offline)
+    assert _rows_without_latency(tmp_path / "agent") == _rows_without_latency(
+        tmp_path / "offline"
+    )
+
+
+def test_kinds_not_named_like_a_label_have_no_labelled_rate(
+    models: Path, dataset: Path, tmp_path: Path
+) -> None:
+    summary = _run(models / "color-seg", dataset, tmp_path)
+    # The data set's kinds (spot, faint) are not color-seg's labels.
+    assert summary["overall"]["labelled_right_rate"] is None
+    rows = {Path(r["path"]).stem: r["predicted_kind"] for r in _rows(tmp_path)}
+    assert rows["s0"] == "red" and rows["g0"] == "" and rows["f0"] == ""
