@@ -690,31 +690,31 @@ def _calibrate(
 
     defect_raw = [_raw(scorer, d.image) for d in bar("defects", defects)]
     image_t, pixel_t = defect_thresholds(held_raw, defect_raw, defects, input_size)
-    prototypes = defect_prototypes(
-        features, provisional.proj_w, provisional.proj_b, defects, input_size
-    )
+
+    def projected(images: Sequence[np.ndarray]) -> list[np.ndarray]:
+        return [
+            extract_patches(features, [image]) @ provisional.proj_w.T
+            + provisional.proj_b
+            for image in images
+        ]
+
+    defect_cells = projected([d.image for d in defects])
+    prototypes = defect_prototypes(defect_cells, defects, input_size)
     kept = [image for image, out in zip(held, far, strict=True) if not out]
 
     def cell_labels(
-        images: Sequence[np.ndarray], raw: Sequence[tuple[float, np.ndarray]]
+        cells: Sequence[np.ndarray], raw: Sequence[tuple[float, np.ndarray]]
     ) -> list[np.ndarray]:
         return [
-            peak_labels(
-                nearest_prototype(
-                    extract_patches(features, [image]) @ provisional.proj_w.T
-                    + provisional.proj_b,
-                    prototypes,
-                ),
-                raw_map,
-            )
-            for image, (_, raw_map) in zip(images, raw, strict=True)
+            peak_labels(nearest_prototype(rows, prototypes), raw_map)
+            for rows, (_, raw_map) in zip(cells, raw, strict=True)
         ]
 
     per_label = label_thresholds(
         held_raw,
-        cell_labels(kept, held_raw),
+        cell_labels(projected(kept), held_raw),
         defect_raw,
-        cell_labels([d.image for d in defects], defect_raw),
+        cell_labels(defect_cells, defect_raw),
         defects=defects,
         input_size=input_size,
         count=len(prototypes),
@@ -1080,12 +1080,8 @@ def label_thresholds(
     for (_, raw_map), labels, defect in zip(
         defect_raw, defect_cell_labels, defects, strict=True
     ):
-        share = _grid_mask(defect.mask, input_size).ravel()
-        # Defect cells as the prototypes take them (a defect smaller than
-        # half a cell still gives its best-covered cell); cells the mask
-        # touches less count as neither.
-        covered = share >= min(0.5, share.max()) if share.max() > 0 else share > 0
-        clear = share == 0
+        # Defect cells as the prototypes take them.
+        covered, clear = _defect_cells(defect.mask, input_size)
         values = raw_map.ravel()
         for k in range(count):
             good[k].append(values[clear & (labels == k)])
@@ -1100,24 +1096,32 @@ def label_thresholds(
     return thresholds
 
 
+def _defect_cells(
+    mask: np.ndarray, input_size: tuple[int, int]
+) -> tuple[np.ndarray, np.ndarray]:
+    """Which feature cells a defect mask makes defective, and which it
+    leaves clear ([h*w] each). A cell at least half covered is defective,
+    and a defect smaller than half a cell still marks its best-covered
+    cell; cells the mask touches less are neither."""
+    share = _grid_mask(mask, input_size).ravel()
+    covered = share >= min(0.5, share.max()) if share.max() > 0 else share > 0
+    return covered, share == 0
+
+
 def defect_prototypes(
-    features: ort.InferenceSession,
-    weight: np.ndarray,
-    bias: np.ndarray,
+    cells: Sequence[np.ndarray],
     defects: Sequence[Defect],
     input_size: tuple[int, int],
 ) -> np.ndarray:
-    """Mean projected feature of the defect cells of each kind, [K, d]."""
+    """Mean projected feature of the defect cells of each kind, [K, d];
+    `cells` holds each defect photo's projected cells [h*w, d]."""
     sums: dict[str, np.ndarray] = {}
     counts: dict[str, int] = {}
-    for defect in defects:
-        cells = extract_patches(features, [defect.image]) @ weight.T + bias
-        covered = _grid_mask(defect.mask, input_size).ravel()
-        # A defect smaller than half a cell still marks its best-covered cell.
-        chosen = covered >= min(0.5, covered.max()) if covered.max() > 0 else []
+    for rows, defect in zip(cells, defects, strict=True):
+        chosen, _ = _defect_cells(defect.mask, input_size)
         if not np.any(chosen):
             continue
-        sums[defect.kind] = sums.get(defect.kind, 0) + cells[chosen].sum(axis=0)
+        sums[defect.kind] = sums.get(defect.kind, 0) + rows[chosen].sum(axis=0)
         counts[defect.kind] = counts.get(defect.kind, 0) + int(np.sum(chosen))
     kinds = sorted({d.kind for d in defects})
     missing = [k for k in kinds if k not in counts]
